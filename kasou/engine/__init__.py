@@ -1,0 +1,1 @@
+"""The engine: accelerator choice, pure QEMU argv builders, QMP, process supervision."""

@@ -1,0 +1,1 @@
+"""The host: accelerator probe, capacity, facts for `kasou host info`."""

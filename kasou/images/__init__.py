@@ -1,0 +1,1 @@
+"""Guest images built from Debian packages, cached under the image dir."""

@@ -1,0 +1,1 @@
+"""kasou.store"""
