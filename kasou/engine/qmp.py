@@ -1,0 +1,78 @@
+"""Typed QMP commands over the `qemu.qmp` client, so no caller handles raw JSON.
+
+Each wrapper names what it was doing when it fails (QMPFailure keeps the cause).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from qemu.qmp import ExecuteError, QMPClient, QMPError
+
+from kasou.errors import QMPFailure
+
+# Lifecycle events consumed by the supervisor's one central handler.
+SHUTDOWN = "SHUTDOWN"
+STOP = "STOP"
+RESUME = "RESUME"
+RESET = "RESET"
+GUEST_PANICKED = "GUEST_PANICKED"
+POWERDOWN = "POWERDOWN"
+LIFECYCLE_EVENTS = (SHUTDOWN, STOP, RESUME, RESET, GUEST_PANICKED, POWERDOWN)
+
+
+@dataclass(frozen=True)
+class RunState:
+    status: str          # QEMU's RunState: "running", "paused", "shutdown", "prelaunch", ...
+    running: bool
+
+
+async def _execute(qmp: QMPClient, command: str, args: dict[str, Any] | None = None) -> Any:
+    try:
+        return await qmp.execute(command, args)
+    except ExecuteError as e:
+        raise QMPFailure(f"QMP {command} failed: {e.error.desc}") from e
+    except (QMPError, OSError, EOFError) as e:
+        raise QMPFailure(f"QMP {command} failed: the monitor is gone ({e})") from e
+
+
+async def connect(name: str, socket_path: str, timeout: float = 5.0) -> QMPClient:
+    qmp = QMPClient(name)
+    try:
+        await qmp.connect(socket_path, timeout=timeout)
+    except (QMPError, OSError) as e:
+        raise QMPFailure(f"cannot connect to QMP at {socket_path}: {e}") from e
+    return qmp
+
+
+async def query_status(qmp: QMPClient) -> RunState:
+    r = await _execute(qmp, "query-status")
+    return RunState(status=str(r["status"]), running=bool(r["running"]))
+
+
+async def system_powerdown(qmp: QMPClient) -> None:
+    await _execute(qmp, "system_powerdown")
+
+
+async def system_reset(qmp: QMPClient) -> None:
+    await _execute(qmp, "system_reset")
+
+
+async def stop(qmp: QMPClient) -> None:
+    await _execute(qmp, "stop")
+
+
+async def cont(qmp: QMPClient) -> None:
+    await _execute(qmp, "cont")
+
+
+async def quit_(qmp: QMPClient) -> None:
+    """Ask QEMU to exit now. The reply may be lost as the socket closes; that is success."""
+    try:
+        await qmp.execute("quit")
+    except ExecuteError as e:
+        raise QMPFailure(f"QMP quit failed: {e.error.desc}") from e
+    except (QMPError, OSError, EOFError):
+        pass
+

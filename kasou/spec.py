@@ -1,0 +1,130 @@
+"""What a user asks for: the VM spec, validated before anything is touched.
+
+Validation here is pure (no file system); the service checks that files exist and that the
+image is built when it resolves a spec into a launch plan.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from kasou.errors import InvalidSpec
+from kasou.paths import check_name
+from kasou.units import parse_size
+
+MIN_MEMORY_MIB = 16
+MAX_VCPUS_HARD = 1024  # beyond any machine type; the real per-machine limit comes from QEMU
+
+
+def _memory_mib(value: Any) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("must be a whole number of MiB or a size such as 256M")
+    size = parse_size(int(value) if isinstance(value, float) else value, default_unit="M")
+    if size % (1 << 20):
+        raise ValueError("must be a whole number of MiB")
+    return size >> 20
+
+
+MemoryMiB = Annotated[int, BeforeValidator(_memory_mib), Field(ge=MIN_MEMORY_MIB)]
+
+
+class VMSpec(BaseModel):
+    """The user's definition of a VM. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    image: str | None = None
+    vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS_HARD)
+    memory: MemoryMiB = 256
+    machine: Literal["microvm", "pc", "q35"] | None = None
+    firmware: Literal["bios", "uefi"] | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    disks: list[str] = Field(default_factory=list)
+    iso: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            return check_name(v)
+        except InvalidSpec as e:
+            raise ValueError(e.message) from None
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return check_name(v, "image")
+        except InvalidSpec as e:
+            raise ValueError(e.message) from None
+
+    @field_validator("kernel", "initrd", "iso")
+    @classmethod
+    def _abs_path(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("must be an absolute path on the host")
+        return v
+
+    @field_validator("disks")
+    @classmethod
+    def _abs_paths(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not p.startswith("/"):
+                raise ValueError(f"{p!r} must be an absolute path on the host")
+        return v
+
+    @field_validator("cmdline")
+    @classmethod
+    def _cmdline(cls, v: str | None) -> str | None:
+        if v is not None and ("\n" in v or "\x00" in v):
+            raise ValueError("must be one line")
+        return v
+
+    def boot_source_problem(self) -> tuple[str, str] | None:
+        """A (field, reason) pair when the spec has nothing to boot or conflicting sources."""
+        if self.initrd and not self.kernel:
+            return "initrd", "an initrd needs --kernel"
+        if self.cmdline and not (self.kernel or self.image):
+            return "cmdline", "a kernel command line needs --kernel or an image"
+        if not (self.image or self.kernel or self.disks or self.iso):
+            return "image", "give --image, --kernel, --disk or --iso: the VM has nothing to boot"
+        if self.machine == "microvm" and (self.iso or (self.disks and not (self.kernel or self.image))):
+            return "machine", "microvm boots only a kernel directly; use pc or q35 for disks and ISOs"
+        if self.firmware == "uefi" and self.machine == "microvm":
+            return "firmware", "microvm has no UEFI firmware; use pc or q35"
+        return None
+
+
+def _field_of(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "spec"
+
+
+def parse_spec(data: dict[str, Any]) -> VMSpec:
+    """Validate user input into a VMSpec, or raise InvalidSpec naming every bad field."""
+    try:
+        spec = VMSpec.model_validate(data)
+    except ValidationError as e:
+        errors = [{"field": _field_of(err["loc"]), "message": _message(err)} for err in e.errors()]
+        first = errors[0]
+        raise InvalidSpec(f"{first['field']}: {first['message']}", field=first["field"],
+                          errors=errors) from None
+    problem = spec.boot_source_problem()
+    if problem:
+        field, reason = problem
+        raise InvalidSpec(f"{field}: {reason}", field=field,
+                          errors=[{"field": field, "message": reason}])
+    return spec
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
