@@ -36,11 +36,16 @@ def attach(socket_path: str, stdin: int | None = None, stdout: int | None = None
         _pump(sock, fd_in, fd_out)
 
 
+QUIET_AFTER_EOF = 1.5   # seconds of silence that end a scripted (piped) session
+
+
 def _pump(sock: socket.socket, fd_in: int, fd_out: int) -> None:
     stdin_open = True
     while True:
         watch = [sock, fd_in] if stdin_open else [sock]
-        readable, _, _ = select.select(watch, [], [])
+        readable, _, _ = select.select(watch, [], [], None if stdin_open else QUIET_AFTER_EOF)
+        if not readable:
+            return
         if sock in readable:
             data = sock.recv(65536)
             if not data:
@@ -49,8 +54,8 @@ def _pump(sock: socket.socket, fd_in: int, fd_out: int) -> None:
         if fd_in in readable:
             data = os.read(fd_in, 1024)
             if not data:
+                # Piped input is done; stay for the guest's answer until it goes quiet.
                 stdin_open = False
-                sock.shutdown(socket.SHUT_WR)
                 continue
             if DETACH in data:
                 sock.sendall(data.split(DETACH, 1)[0])

@@ -5,6 +5,7 @@ Each wrapper names what it was doing when it fails (QMPFailure keeps the cause).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +41,8 @@ async def _execute(qmp: QMPClient, command: str, args: dict[str, Any] | None = N
 async def connect(name: str, socket_path: str, timeout: float = 5.0) -> QMPClient:
     qmp = QMPClient(name)
     try:
-        await qmp.connect(socket_path, timeout=timeout)
-    except (QMPError, OSError) as e:
+        await asyncio.wait_for(qmp.connect(socket_path), timeout)
+    except (QMPError, OSError, TimeoutError) as e:
         raise QMPFailure(f"cannot connect to QMP at {socket_path}: {e}") from e
     return qmp
 
