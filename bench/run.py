@@ -9,6 +9,7 @@ VMs. Writes docs/BENCHMARKS.md. Figures, not assertions: nothing here fails on a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -70,10 +71,8 @@ class Bench:
 
     def close(self) -> None:
         for rt in self.home.glob("vms/*/runtime.json"):
-            try:
+            with contextlib.suppress(ProcessLookupError, KeyError, ValueError):
                 os.kill(json.loads(rt.read_text())["pid"], signal.SIGKILL)
-            except (ProcessLookupError, KeyError, ValueError):
-                pass
         if self.daemon:
             self.daemon.terminate()
             self.daemon.wait(15)

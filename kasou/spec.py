@@ -95,8 +95,10 @@ class VMSpec(BaseModel):
             return "cmdline", "a kernel command line needs --kernel or an image"
         if not (self.image or self.kernel or self.disks or self.iso):
             return "image", "give --image, --kernel, --disk or --iso: the VM has nothing to boot"
-        if self.machine == "microvm" and (self.iso or (self.disks and not (self.kernel or self.image))):
-            return "machine", "microvm boots only a kernel directly; use pc or q35 for disks and ISOs"
+        kernel_boot = self.kernel or self.image
+        if self.machine == "microvm" and (self.iso or (self.disks and not kernel_boot)):
+            return "machine", "microvm boots only a kernel directly; use pc or q35 to boot " \
+                "disks and ISOs"
         if self.firmware == "uefi" and self.machine == "microvm":
             return "firmware", "microvm has no UEFI firmware; use pc or q35"
         return None

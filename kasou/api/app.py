@@ -54,7 +54,7 @@ def create_app(service: VMService, token: str | None = None) -> FastAPI:
             await service.shutdown()
 
     app = FastAPI(title="kasou", version=__version__, lifespan=lifespan)
-    app.add_exception_handler(KasouError, lambda _r, e: _error(e))  # type: ignore[arg-type]
+    app.add_exception_handler(KasouError, lambda _r, e: _error(e))
     app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.middleware("http")

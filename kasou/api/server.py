@@ -89,7 +89,8 @@ def build_service(layout: Layout, opts: ServeOptions) -> VMService:
 
 
 def serve(layout: Layout, opts: ServeOptions) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = build_service(layout, opts)
     sockets = [_unix_socket(layout.socket)]
     token = None
