@@ -42,7 +42,7 @@ QUIET_AFTER_EOF = 1.5   # seconds of silence that end a scripted (piped) session
 def _pump(sock: socket.socket, fd_in: int, fd_out: int) -> None:
     stdin_open = True
     while True:
-        watch = [sock, fd_in] if stdin_open else [sock]
+        watch: list[socket.socket | int] = [sock, fd_in] if stdin_open else [sock]
         readable, _, _ = select.select(watch, [], [], None if stdin_open else QUIET_AFTER_EOF)
         if not readable:
             return

@@ -33,7 +33,7 @@ async def _execute(qmp: QMPClient, command: str, args: dict[str, Any] | None = N
     try:
         return await qmp.execute(command, args)
     except ExecuteError as e:
-        raise QMPFailure(f"QMP {command} failed: {e.error.desc}") from e
+        raise QMPFailure(f"QMP {command} failed: {e.error.error.desc}") from e
     except (QMPError, OSError, EOFError) as e:
         raise QMPFailure(f"QMP {command} failed: the monitor is gone ({e})") from e
 
@@ -73,7 +73,7 @@ async def quit_(qmp: QMPClient) -> None:
     try:
         await qmp.execute("quit")
     except ExecuteError as e:
-        raise QMPFailure(f"QMP quit failed: {e.error.desc}") from e
+        raise QMPFailure(f"QMP quit failed: {e.error.error.desc}") from e
     except (QMPError, OSError, EOFError):
         pass
 
