@@ -10,20 +10,16 @@ from __future__ import annotations
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from kasou import __version__
+from kasou.api.routes import host as host_routes
+from kasou.api.routes import vms as vm_routes
 from kasou.errors import AuthError, KasouError
-from kasou.host.probe import HostInfo
-from kasou.images.manifest import ImageManifest
-from kasou.images.registry import list_images
-from kasou.service.views import LogChunk, VMView
 from kasou.service.vms import VMService
-from kasou.spec import VMSpec
 
 
 def _error(err: KasouError) -> JSONResponse:
@@ -64,7 +60,8 @@ def create_app(service: VMService, token: str | None = None) -> FastAPI:
             return _error(AuthError("a valid bearer token is required on TCP"))
         return await call_next(request)
 
-    app.include_router(_routes(service), prefix="/api/v1")
+    app.include_router(host_routes.router(service), prefix="/api/v1")
+    app.include_router(vm_routes.router(service), prefix="/api/v1")
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -79,68 +76,3 @@ def _token_ok(request: Request, token: str | None) -> bool:
     got = request.headers.get("authorization", "")
     scheme, _, value = got.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(value.encode(), token.encode())
-
-
-def _routes(svc: VMService) -> APIRouter:
-    r = APIRouter()
-
-    @r.get("/host")
-    def host() -> HostInfo:
-        return svc.host
-
-    @r.get("/images")
-    def images() -> list[ImageManifest]:
-        return list_images(svc.images_root)
-
-    @r.get("/vms")
-    def list_vms() -> list[VMView]:
-        return svc.list()
-
-    @r.post("/vms", status_code=201)
-    async def create_vm(spec: VMSpec) -> VMView:
-        return await svc.create(spec.model_dump())
-
-    @r.get("/vms/{name}")
-    def show_vm(name: str) -> VMView:
-        return svc.show(name)
-
-    @r.delete("/vms/{name}", status_code=204)
-    async def delete_vm(name: str) -> Response:
-        await svc.delete(name)
-        return Response(status_code=204)
-
-    @r.post("/vms/{name}/start")
-    async def start_vm(name: str) -> VMView:
-        return await svc.start(name)
-
-    @r.post("/vms/{name}/stop")
-    async def stop_vm(name: str, force: bool = False,
-                      timeout: float | None = Query(default=None, ge=0, le=3600)) -> VMView:
-        return await svc.stop(name, force=force, timeout=timeout)
-
-    @r.post("/vms/{name}/kill")
-    async def kill_vm(name: str) -> VMView:
-        return await svc.kill(name)
-
-    @r.post("/vms/{name}/pause")
-    async def pause_vm(name: str) -> VMView:
-        return await svc.pause(name)
-
-    @r.post("/vms/{name}/resume")
-    async def resume_vm(name: str) -> VMView:
-        return await svc.resume(name)
-
-    @r.post("/vms/{name}/reboot")
-    async def reboot_vm(name: str) -> VMView:
-        return await svc.reboot(name)
-
-    @r.get("/vms/{name}/logs")
-    def vm_logs(name: str, offset: int = 0,
-                limit: int = Query(default=1 << 20, ge=1, le=1 << 20)) -> LogChunk:
-        return svc.logs(name, offset, limit)
-
-    @r.get("/vms/{name}/console")
-    def vm_console(name: str) -> dict[str, Any]:
-        return {"socket": svc.console_socket(name)}
-
-    return r

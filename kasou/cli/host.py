@@ -1,0 +1,29 @@
+"""`kasou host ...`: facts about this host."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from kasou.cli.common import JsonOpt
+from kasou.cli.output import print_fields, print_json
+
+app = typer.Typer(help="This host: accelerator, capacity.", no_args_is_help=True)
+
+
+@app.command("info")
+def host_info_cmd(as_json: bool = JsonOpt) -> None:
+    """Cores, memory, QEMU, machine types and the accelerator chosen (with why)."""
+    from kasou.host.probe import host_info
+    from kasou.paths import cache_dir
+
+    info = host_info(cache_dir())
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+        return
+    data = info.model_dump(mode="json")
+    machines = data.pop("machines", {})
+    print_fields(data)
+    sys.stdout.write("machines     " + ", ".join(f"{m} (≤{n} vCPUs)" for m, n in
+                                                 sorted(machines.items())) + "\n")
