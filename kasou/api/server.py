@@ -91,6 +91,8 @@ def build_service(layout: Layout, opts: ServeOptions) -> VMService:
 def serve(layout: Layout, opts: ServeOptions) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # qemu.qmp logs every monitor EOF at INFO; a VM exiting is reported by kasou itself.
+    logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
     service = build_service(layout, opts)
     sockets = [_unix_socket(layout.socket)]
     token = None

@@ -39,6 +39,7 @@ class Supervisor:
         self._on_event = on_event
         self._on_exit = on_exit
         self.exit_requested = False
+        self.exit_reason = "stopped by kasou"
         self.shutdown_event: dict[str, Any] | None = None
         self.panicked = False
         self._task: asyncio.Task[None] | None = None
@@ -100,8 +101,10 @@ class Supervisor:
             return ExitInfo(False, f"QMP monitor of QEMU pid {self.rt.pid} closed; QEMU killed")
         if self.panicked:
             return ExitInfo(False, "the guest kernel panicked")
-        if self.shutdown_event is not None or self.exit_requested:
+        if self.shutdown_event is not None:
             return ExitInfo(True, _shutdown_reason(self.shutdown_event))
+        if self.exit_requested:
+            return ExitInfo(True, self.exit_reason)
         return ExitInfo(False, f"QEMU (pid {self.rt.pid}) exited unexpectedly, without a "
                                "shutdown (killed by a signal or crashed)")
 
@@ -114,9 +117,7 @@ class Supervisor:
         await self._disconnect()
 
 
-def _shutdown_reason(data: dict[str, Any] | None) -> str:
-    if not data:
-        return "stopped by kasou"
+def _shutdown_reason(data: dict[str, Any]) -> str:
     if data.get("guest"):
         return f"guest shut down ({data.get('reason', 'guest-shutdown')})"
     return f"shut down by the host ({data.get('reason', 'host-qmp-quit')})"

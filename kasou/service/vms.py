@@ -221,6 +221,7 @@ class VMService:
             check(rec.name, rec.state, "kill")
             sup = self._sup(rec)
             sup.exit_requested = True
+            sup.exit_reason = "killed on request (SIGKILL)"
             process.kill(sup.rt.pid, sup.rt.proc_start)
             await sup.gone.wait()
             return self.show(rec.id, project)
