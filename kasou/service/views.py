@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
 from kasou.spec import VMSpec
@@ -27,6 +29,7 @@ class VMView(BaseModel):
     console: str | None = None
     serial_log: str
     spec: VMSpec
+    extras: dict[str, Any] = {}   # facts from each area's hook: network, storage, limits...
 
 
 class LogChunk(BaseModel):

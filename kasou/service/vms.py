@@ -13,18 +13,22 @@ import logging
 import shutil
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kasou.engine import process, qmp
 from kasou.engine import runtime as rtfile
 from kasou.engine.argv import build_argv
+from kasou.engine.plan import LaunchPlan
 from kasou.engine.runtime import Runtime
 from kasou.errors import EngineError, InvalidState, KasouError, NotFound
 from kasou.host.capacity import HostCapacity, Usage, check_fits
 from kasou.host.probe import HostInfo
 from kasou.paths import Layout
 from kasou.service import resolve as rs
+from kasou.service.hooks import VMHook
+from kasou.service.revert import Reverter
 from kasou.service.supervisor import ExitInfo, Supervisor
 from kasou.service.views import LogChunk, VMView
 from kasou.spec import parse_spec
@@ -40,8 +44,10 @@ LOG_CHUNK_MAX = 1 << 20
 
 class VMService:
     def __init__(self, layout: Layout, store: Store, host: HostInfo,
-                 capacity: HostCapacity, images_root: Path | None = None) -> None:
+                 capacity: HostCapacity, images_root: Path | None = None,
+                 hooks: Sequence[VMHook] = ()) -> None:
         self.layout = layout
+        self.hooks = list(hooks)
         self.store = store
         self.host = host
         self.capacity = capacity
@@ -79,6 +85,12 @@ class VMService:
             self._set(rec.id, S.CRASHED, f"cannot re-attach: {e.message}")
             return
         self._sups[rec.id] = sup
+        for hook in self.hooks:
+            try:
+                await hook.reattached(rec, rt, sup.qmp)
+            except KasouError as e:
+                log.warning("re-attaching %s: %s could not restore: %s", rec.name, hook.name,
+                            e.message)
         self._set(rec.id, S.RUNNING if status.running else S.PAUSED, None)
 
     # -- queries ---------------------------------------------------------------------
@@ -120,6 +132,8 @@ class VMService:
         ts = now_iso()
         rec = VMRecord(id=vm_id, name=spec.name, project=project, spec=spec,
                        created_at=ts, updated_at=ts)
+        for hook in self.hooks:
+            hook.validate(rec)
         run_dir = self.layout.vm_dir(vm_id)
         run_dir.mkdir(mode=0o700)
         try:
@@ -134,6 +148,8 @@ class VMService:
         async with self._locks[rec.id]:
             rec = self.store.get_vm(rec.id, project)
             check(rec.name, rec.state, "delete")
+            for hook in self.hooks:
+                await hook.deleted(rec)
             self.store.delete_vm(rec.id)
             # Only the run dir is kasou's: disks the user passed in are never touched.
             shutil.rmtree(self.layout.vm_dir(rec.id), ignore_errors=True)
@@ -147,13 +163,17 @@ class VMService:
             check(rec.name, rec.state, "start")
             run_dir = self.layout.vm_dir(rec.id)
             resolved = rs.resolve(rec.id, rec.spec, run_dir, self.host, self.images_root)
+            plan = resolved.plan
+            for hook in self.hooks:
+                plan = hook.plan(rec, plan)
             async with self._capacity_lock:
                 self._check_capacity(rec)
                 self.store.set_state(rec.id, S.STARTING, None, expect=frozenset({rec.state}))
             try:
-                await self._launch(rec, run_dir, resolved)
+                await self._launch(rec, run_dir, plan, resolved.graceful_stop)
             except BaseException as e:
-                await self._undo_start(rec, run_dir, e)
+                reason = getattr(e, "message", None) or f"start failed: {e!r}"
+                self.store.set_state(rec.id, rec.state, reason)
                 raise
             return self.show(rec.id, project)
 
@@ -162,36 +182,46 @@ class VMService:
                 if r.state in LIVE and r.id != rec.id]
         check_fits(self.capacity, used, Usage(rec.spec.vcpus, rec.spec.memory))
 
-    async def _launch(self, rec: VMRecord, run_dir: Path, resolved: rs.Resolved) -> None:
-        plan = resolved.plan
-        run_dir.mkdir(mode=0o700, exist_ok=True)
-        self._clean_run_files(run_dir)
-        rs.prepare_firmware(plan)
-        argv = build_argv(plan)
-        pid = await process.launch(argv, Path(plan.paths.pidfile))
-        rt = Runtime(vm_id=rec.id, pid=pid, proc_start=process.proc_start_time(pid) or 0,
-                     argv=argv, qmp=plan.paths.qmp, console=plan.paths.console,
-                     serial_log=plan.paths.serial_log, accel=plan.accel, machine=plan.machine,
-                     started_at=now_iso(), graceful_stop=resolved.graceful_stop)
-        rtfile.save(run_dir / "runtime.json", rt)
-        sup = await Supervisor.attach(rt, self.on_event, self.on_exit)
-        self._sups[rec.id] = sup
-        status = await qmp.query_status(sup.qmp)
-        self._set(rec.id, S.RUNNING if status.running else S.PAUSED, None)
+    async def _launch(self, rec: VMRecord, run_dir: Path, plan: LaunchPlan,
+                      graceful_stop: bool) -> None:
+        """Every step registers its undo; any failure leaves no process, file or host state."""
+        async with Reverter() as revert:
+            run_dir.mkdir(mode=0o700, exist_ok=True)
+            self._clean_run_files(run_dir)
+            revert.add(lambda: self._clean_run_files(run_dir))
+            rs.prepare_firmware(plan)
+            for hook in self.hooks:
+                await hook.prepare(rec, plan, revert)
+            argv = build_argv(plan)
+            revert.add(lambda: self._kill_from_pidfile(run_dir))
+            pid = await process.launch(argv, Path(plan.paths.pidfile))
+            rt = Runtime(vm_id=rec.id, pid=pid, proc_start=process.proc_start_time(pid) or 0,
+                         argv=argv, qmp=plan.paths.qmp, console=plan.paths.console,
+                         serial_log=plan.paths.serial_log, accel=plan.accel,
+                         machine=plan.machine, started_at=now_iso(), graceful_stop=graceful_stop)
+            rtfile.save(run_dir / "runtime.json", rt)
+            sup = await Supervisor.attach(rt, self.on_event, self.on_exit)
+            revert.add(lambda: self._drop_supervisor(rec.id))
+            self._sups[rec.id] = sup
+            for hook in self.hooks:
+                await hook.started(rec, rt, sup.qmp, revert)
+            status = await qmp.query_status(sup.qmp)
+            self._set(rec.id, S.RUNNING if status.running else S.PAUSED, None)
+            revert.success()
 
-    async def _undo_start(self, rec: VMRecord, run_dir: Path, err: BaseException) -> None:
-        sup = self._sups.pop(rec.id, None)
+    async def _drop_supervisor(self, vm_id: str) -> None:
+        sup = self._sups.pop(vm_id, None)
         if sup is not None:
             sup.exit_requested = True
             await sup.detach()
+
+    async def _kill_from_pidfile(self, run_dir: Path) -> None:
         rt = rtfile.load(run_dir / "runtime.json")
         pid = rt.pid if rt else process.read_pidfile(run_dir / "pid")
         if pid:
-            process.kill(pid, rt.proc_start if rt else None)
-            await process.wait_gone(pid, rt.proc_start if rt else None, 5.0)
-        self._clean_run_files(run_dir)
-        reason = getattr(err, "message", None) or f"start failed: {err!r}"
-        self.store.set_state(rec.id, rec.state, reason)
+            start = rt.proc_start if rt else None
+            process.kill(pid, start)
+            await process.wait_gone(pid, start, 5.0)
 
     # -- stop / kill ---------------------------------------------------------------------
     async def stop(self, ref: str, project: str = DEFAULT_PROJECT, *, force: bool = False,
@@ -276,6 +306,11 @@ class VMService:
         except NotFound:
             return
         self._clean_run_files(self.layout.vm_dir(vm_id))
+        for hook in self.hooks:
+            try:
+                await hook.stopped(rec)
+            except Exception:  # cleanup of one area must not keep the VM "running"
+                log.exception("%s cleanup after %s exited failed", hook.name, rec.name)
         if rec.state == S.CRASHED:
             return
         if rec.state == S.STARTING:
@@ -320,5 +355,13 @@ class VMService:
             os=image.os if image else None, created_at=rec.created_at,
             updated_at=rec.updated_at, started_at=rt.started_at if rt else None,
             console=rt.console if rt else None, serial_log=str(run_dir / "serial.log"),
-            spec=rec.spec,
+            spec=rec.spec, extras=self._extras(rec, rt),
         )
+
+    def _extras(self, rec: VMRecord, rt: Runtime | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for hook in self.hooks:
+            facts = hook.describe(rec, rt)
+            if facts:
+                out[hook.name] = facts
+        return out
