@@ -19,7 +19,7 @@ from kasou import __version__
 from kasou.api.routes import host as host_routes
 from kasou.api.routes import vms as vm_routes
 from kasou.errors import AuthError, KasouError
-from kasou.service.vms import VMService
+from kasou.service.platform import Platform
 
 
 def _error(err: KasouError) -> JSONResponse:
@@ -40,14 +40,14 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
-def create_app(service: VMService, token: str | None = None) -> FastAPI:
+def create_app(platform: Platform, token: str | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await service.startup()
+        await platform.startup()
         try:
             yield
         finally:
-            await service.shutdown()
+            await platform.shutdown()
 
     app = FastAPI(title="kasou", version=__version__, lifespan=lifespan)
     app.add_exception_handler(KasouError, lambda _r, e: _error(e))
@@ -60,8 +60,10 @@ def create_app(service: VMService, token: str | None = None) -> FastAPI:
             return _error(AuthError("a valid bearer token is required on TCP"))
         return await call_next(request)
 
-    app.include_router(host_routes.router(service), prefix="/api/v1")
-    app.include_router(vm_routes.router(service), prefix="/api/v1")
+    app.include_router(host_routes.router(platform.vms), prefix="/api/v1")
+    app.include_router(vm_routes.router(platform.vms), prefix="/api/v1")
+    for extra in platform.routers:
+        app.include_router(extra, prefix="/api/v1")
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -20,11 +20,8 @@ import uvicorn
 
 from kasou.api.app import create_app
 from kasou.errors import InvalidSpec
-from kasou.host.capacity import HostCapacity
-from kasou.host.probe import host_info
-from kasou.paths import Layout, cache_dir
-from kasou.service.vms import VMService
-from kasou.store.sqlite import SQLiteStore
+from kasou.paths import Layout
+from kasou.service.platform import Settings, build_platform
 
 log = logging.getLogger("kasou")
 
@@ -78,28 +75,20 @@ def _tcp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_service(layout: Layout, opts: ServeOptions) -> VMService:
-    layout.ensure()
-    host = host_info(cache_dir())
-    capacity = HostCapacity(cores=host.cores, memory_mib=host.memory_mib,
-                            cpu_overcommit=opts.cpu_overcommit,
-                            memory_overcommit=opts.memory_overcommit,
-                            reserved_memory_mib=opts.reserved_memory_mib)
-    return VMService(layout, SQLiteStore(layout.db), host, capacity)
-
-
 def serve(layout: Layout, opts: ServeOptions) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # qemu.qmp logs every monitor EOF at INFO; a VM exiting is reported by kasou itself.
     logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
-    service = build_service(layout, opts)
+    platform = build_platform(layout, Settings(
+        cpu_overcommit=opts.cpu_overcommit, memory_overcommit=opts.memory_overcommit,
+        reserved_memory_mib=opts.reserved_memory_mib))
     sockets = [_unix_socket(layout.socket)]
     token = None
     if opts.listen_tcp:
         token = load_or_create_token(layout.token_file)
         sockets.append(_tcp_socket(*opts.listen_tcp))
-    app = create_app(service, token)
+    app = create_app(platform, token)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     layout.daemon_pid.write_text(f"{os.getpid()}\n")

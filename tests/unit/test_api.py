@@ -12,6 +12,7 @@ from kasou.api.app import create_app
 from kasou.host.capacity import HostCapacity
 from kasou.host.probe import HostInfo
 from kasou.paths import Layout
+from kasou.service.platform import Platform
 from kasou.service.vms import VMService
 from kasou.store.sqlite import SQLiteStore
 
@@ -27,10 +28,11 @@ def api(tmp_path: Path) -> Iterator[TestClient]:
                     qemu_version="7.2.0", machines={"microvm": 288, "pc": 255, "q35": 288},
                     accelerator="tcg", accelerator_reason="test", tsc_khz=None,
                     cgroup_version="v2", kernel_release="6.1")
-    svc = VMService(layout, SQLiteStore(layout.db), host, HostCapacity(2, 4096),
-                    images_root=tmp_path / "images")
+    store = SQLiteStore(layout.db)
+    svc = VMService(layout, store, host, HostCapacity(2, 4096), images_root=tmp_path / "images")
+    platform = Platform(layout=layout, store=store, vms=svc)
     # TestClient connects as a TCP peer, so every request needs the token.
-    with TestClient(create_app(svc, TOKEN), headers=AUTH) as client:
+    with TestClient(create_app(platform, TOKEN), headers=AUTH) as client:
         yield client
 
 
