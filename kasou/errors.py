@@ -7,10 +7,16 @@
     │   ├── Conflict           name taken, resource in use (409)
     │   ├── InvalidState       lifecycle transition refused (409), names both states
     │   └── CapacityError      the host cannot fit the VM (409), names what is short
-    ├── AuthError              missing or wrong token (401)
+    │   ├── AgentUnavailable   no guest agent answers in this VM (409)
+    │   ├── Forbidden          authenticated, but the role does not allow it (403)
+    │   ├── QuotaExceeded      the project's quota would be exceeded (403)
+    │   ├── TooLarge           request body over the limit (413)
+    │   └── RateLimited        too many requests for this token (429)
+    ├── AuthError              missing, wrong, expired or revoked token (401)
     └── EngineError            QEMU / host failure (500), keeps the cause
         ├── LaunchFailure      QEMU refused to start: exit code, argv, stderr
         ├── QMPFailure         a QMP command failed or the monitor went away
+        ├── AgentFailure       the guest agent replied with an error or broke off
         └── ImageBuildError    building a guest image failed
 
 Front-ends (CLI, API) turn UserError into a one-line message or a JSON 4xx body and
@@ -86,6 +92,33 @@ class CapacityError(Conflict):
     code = "capacity"
 
 
+class AgentUnavailable(Conflict):
+    code = "agent_unavailable"
+
+
+class Forbidden(UserError):
+    status = 403
+    code = "forbidden"
+
+
+class QuotaExceeded(Forbidden):
+    code = "quota_exceeded"
+
+
+class TooLarge(UserError):
+    status = 413
+    code = "too_large"
+
+
+class RateLimited(UserError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class AuthError(KasouError):
     status = 401
     code = "unauthorized"
@@ -110,6 +143,10 @@ class LaunchFailure(EngineError):
 
 class QMPFailure(EngineError):
     code = "qmp"
+
+
+class AgentFailure(EngineError):
+    code = "guest_agent"
 
 
 class ImageBuildError(EngineError):

@@ -1,29 +1,26 @@
 """The REST API: a thin layer that parses requests into service calls.
 
-Resources live under /api/v1/. Connections on the Unix socket (no peer address) are the
-local administrator, guarded by the socket's file mode; TCP connections must carry the
-bearer token.
+Resources live under /api/v1/. Who may call what is decided in kasou/api/security.py
+(identity, rate limits, body limit, audit) and kasou/tenancy/policy.py (the role table).
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from kasou import __version__
 from kasou.api.routes import host as host_routes
+from kasou.api.routes import tenancy as tenancy_routes
 from kasou.api.routes import vms as vm_routes
-from kasou.errors import AuthError, KasouError
+from kasou.api.security import BodyLimit, Gate, authenticated, enforce_declared, error_response
+from kasou.errors import KasouError
 from kasou.service.platform import Platform
-
-
-def _error(err: KasouError) -> JSONResponse:
-    return JSONResponse(err.to_dict(), status_code=err.status)
+from kasou.tenancy.ratelimit import RateLimiter
 
 
 def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -40,7 +37,7 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
-def create_app(platform: Platform, token: str | None = None) -> FastAPI:
+def create_app(platform: Platform, limiter: RateLimiter | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await platform.startup()
@@ -49,32 +46,23 @@ def create_app(platform: Platform, token: str | None = None) -> FastAPI:
         finally:
             await platform.shutdown()
 
-    app = FastAPI(title="kasou", version=__version__, lifespan=lifespan)
-    app.add_exception_handler(KasouError, lambda _r, e: _error(e))
+    app = FastAPI(title="kasou", version=__version__, lifespan=lifespan,
+                  dependencies=[Depends(enforce_declared)])
+    app.state.tenancy = platform.tenancy
+    app.add_exception_handler(KasouError, lambda _r, e: error_response(e))
     app.add_exception_handler(RequestValidationError, _validation_error)
-
-    @app.middleware("http")
-    async def auth(request: Request,
-                   call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.scope.get("client") is not None and not _token_ok(request, token):
-            return _error(AuthError("a valid bearer token is required on TCP"))
-        return await call_next(request)
+    gate = Gate(platform.tenancy, limiter or RateLimiter())
+    app.middleware("http")(gate.middleware)
+    app.add_middleware(BodyLimit)
 
     app.include_router(host_routes.router(platform.vms), prefix="/api/v1")
     app.include_router(vm_routes.router(platform.vms), prefix="/api/v1")
+    app.include_router(tenancy_routes.router(platform.tenancy, platform.vms), prefix="/api/v1")
     for extra in platform.routers:
         app.include_router(extra, prefix="/api/v1")
 
-    @app.get("/healthz")
+    @app.get("/healthz", dependencies=[authenticated()])
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
     return app
-
-
-def _token_ok(request: Request, token: str | None) -> bool:
-    if not token:
-        return False
-    got = request.headers.get("authorization", "")
-    scheme, _, value = got.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.encode(), token.encode())

@@ -41,12 +41,14 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class Client:
-    """KASOU_URL=http://HOST:PORT (+ KASOU_TOKEN) selects TCP; else the data dir's socket."""
+    """KASOU_URL=http(s)://HOST:PORT (+ KASOU_TOKEN, KASOU_CA) selects TCP; else the data
+    dir's socket. KASOU_PROJECT picks the project."""
 
     def __init__(self, layout: Layout | None = None, timeout: float = 300.0) -> None:
         self.layout = layout or Layout.default()
         self.url = os.environ.get("KASOU_URL")
         self.token = os.environ.get("KASOU_TOKEN")
+        self.project = os.environ.get("KASOU_PROJECT")
         self.timeout = timeout
 
     def where(self) -> str:
@@ -55,8 +57,14 @@ class Client:
     def _conn(self) -> http.client.HTTPConnection:
         if self.url:
             u = urlsplit(self.url)
-            cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-            return cls(u.hostname or "localhost", u.port, timeout=self.timeout)
+            if u.scheme == "https":
+                import ssl
+
+                ctx = ssl.create_default_context(cafile=os.environ.get("KASOU_CA"))
+                return http.client.HTTPSConnection(u.hostname or "localhost", u.port,
+                                                   timeout=self.timeout, context=ctx)
+            return http.client.HTTPConnection(u.hostname or "localhost", u.port,
+                                              timeout=self.timeout)
         return _UnixConnection(str(self.layout.socket), self.timeout)
 
     def request(self, method: str, path: str, body: Any = None,
@@ -70,6 +78,8 @@ class Client:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        if self.project:
+            headers["X-Kasou-Project"] = self.project
         conn = self._conn()
         try:
             conn.request(method, "/api/v1" + path, body=data, headers=headers)
@@ -96,3 +106,6 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+    def put(self, path: str, body: Any = None) -> Any:
+        return self.request("PUT", path, body=body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -17,6 +18,12 @@ def serve_cmd(
     listen: str | None = typer.Option(None, help="Also listen on tcp:HOST:PORT (token needed)."),
     cpu_overcommit: float = typer.Option(4.0, min=0.1, help="vCPUs per host core."),
     memory_overcommit: float = typer.Option(1.0, min=0.1, help="Guest RAM per host RAM."),
+    tls_cert: Path | None = typer.Option(None, help="TLS certificate (PEM) for --listen."),
+    tls_key: Path | None = typer.Option(None, help="TLS private key (PEM) for --listen."),
+    tls_self_signed: bool = typer.Option(False, "--tls-self-signed",
+                                         help="Make (once) and use a self-signed certificate."),
+    rate: float = typer.Option(20.0, min=0.1, help="API requests per second per token."),
+    burst: float = typer.Option(100.0, min=1, help="API requests at once per token."),
 ) -> None:
     """Run the daemon in the foreground (API on $KASOU_HOME/kasou.sock)."""
     from kasou.api.server import ServeOptions, parse_listen, serve
@@ -27,10 +34,15 @@ def serve_cmd(
         fail(f"a kasou daemon already answers on {layout.socket}")
     try:
         opts = ServeOptions(listen_tcp=parse_listen(listen) if listen else None,
-                            cpu_overcommit=cpu_overcommit, memory_overcommit=memory_overcommit)
+                            cpu_overcommit=cpu_overcommit, memory_overcommit=memory_overcommit,
+                            tls_cert=tls_cert, tls_key=tls_key,
+                            tls_self_signed=tls_self_signed, rate=rate, burst=burst)
     except KasouError as e:
         fail(e.message)
-    serve(layout, opts)
+    try:
+        serve(layout, opts)
+    except KasouError as e:
+        fail(e.message)
 
 
 @app.command("start")

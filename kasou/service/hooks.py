@@ -25,7 +25,12 @@ class VMHook:
     name = "hook"
 
     def validate(self, rec: VMRecord) -> None:
-        """Refuse a spec this area cannot honour (raise InvalidSpec) before anything exists."""
+        """Refuse a spec this area cannot honour (raise InvalidSpec) before anything exists.
+
+        Runs under the service's create lock, so a check-then-create here is atomic."""
+
+    def admit(self, rec: VMRecord) -> None:
+        """Last word before a start, under the capacity lock (quotas): raise to refuse."""
 
     def plan(self, rec: VMRecord, plan: LaunchPlan) -> LaunchPlan:
         """Add this area's devices/options to the plan. Pure: no host changes here."""

@@ -18,6 +18,9 @@ from kasou.paths import Layout, cache_dir
 from kasou.service.hooks import VMHook
 from kasou.service.vms import VMService
 from kasou.store.sqlite import SQLiteStore
+from kasou.store.tenancy import TenancyStore
+from kasou.tenancy.hook import TenancyHook
+from kasou.tenancy.service import TenancyService
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Platform:
     layout: Layout
     store: SQLiteStore
     vms: VMService
+    tenancy: TenancyService
     routers: list[APIRouter] = field(default_factory=list)
     # Started after the VMs are re-attached, stopped before they are let go of.
     background: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = \
@@ -56,9 +60,10 @@ def build_platform(layout: Layout, settings: Settings) -> Platform:
                             memory_overcommit=settings.memory_overcommit,
                             reserved_memory_mib=settings.reserved_memory_mib)
     store = SQLiteStore(layout.db)
-    hooks: list[VMHook] = []
+    tenancy = TenancyService(TenancyStore(store))
+    hooks: list[VMHook] = [TenancyHook(tenancy, store)]
     # Each area appends its hook to `hooks` here, before the VM service is made.
     vms = VMService(layout, store, host, capacity, hooks=hooks)
-    platform = Platform(layout=layout, store=store, vms=vms)
+    platform = Platform(layout=layout, store=store, vms=vms, tenancy=tenancy)
     # Each area appends its router (and background tasks) to the platform here.
     return platform

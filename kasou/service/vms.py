@@ -132,15 +132,16 @@ class VMService:
         ts = now_iso()
         rec = VMRecord(id=vm_id, name=spec.name, project=project, spec=spec,
                        created_at=ts, updated_at=ts)
-        for hook in self.hooks:
-            hook.validate(rec)
         run_dir = self.layout.vm_dir(vm_id)
-        run_dir.mkdir(mode=0o700)
-        try:
-            self.store.create_vm(rec)   # the UNIQUE constraint settles racing creates
-        except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+        async with self._create_lock:
+            for hook in self.hooks:
+                hook.validate(rec)
+            run_dir.mkdir(mode=0o700)
+            try:
+                self.store.create_vm(rec)   # the UNIQUE constraint settles racing creates
+            except BaseException:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                raise
         return self._view(rec)
 
     async def delete(self, ref: str, project: str = DEFAULT_PROJECT) -> None:
@@ -168,6 +169,8 @@ class VMService:
                 plan = hook.plan(rec, plan)
             async with self._capacity_lock:
                 self._check_capacity(rec)
+                for hook in self.hooks:
+                    hook.admit(rec)
                 self.store.set_state(rec.id, S.STARTING, None, expect=frozenset({rec.state}))
             try:
                 await self._launch(rec, run_dir, plan, resolved.graceful_stop)

@@ -15,9 +15,9 @@ from kasou.paths import Layout
 from kasou.service.platform import Platform
 from kasou.service.vms import VMService
 from kasou.store.sqlite import SQLiteStore
-
-TOKEN = "s3cret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from kasou.store.tenancy import TenancyStore
+from kasou.tenancy.models import UserSpec
+from kasou.tenancy.service import TenancyService
 
 
 @pytest.fixture
@@ -30,9 +30,13 @@ def api(tmp_path: Path) -> Iterator[TestClient]:
                     cgroup_version="v2", kernel_release="6.1")
     store = SQLiteStore(layout.db)
     svc = VMService(layout, store, host, HostCapacity(2, 4096), images_root=tmp_path / "images")
-    platform = Platform(layout=layout, store=store, vms=svc)
-    # TestClient connects as a TCP peer, so every request needs the token.
-    with TestClient(create_app(platform, TOKEN), headers=AUTH) as client:
+    platform = Platform(layout=layout, store=store, vms=svc,
+                        tenancy=TenancyService(TenancyStore(store)))
+    platform.tenancy.create_user(UserSpec(name="root", admin=True))
+    token = platform.tenancy.create_token("root").token
+    # TestClient connects as a TCP peer, so every request needs a token.
+    with TestClient(create_app(platform), headers={"Authorization": f"Bearer {token}"}) \
+            as client:
         yield client
 
 
