@@ -105,8 +105,7 @@ class Gate:
 
     def _audit(self, request: Request, who: Principal | None, status: int,
                detail: str | None) -> None:
-        route = request.scope.get("route")
-        action = f"{request.method} {getattr(route, 'path', request.url.path)}"
+        action = f"{request.method} {_route_template(request)}"
         params = request.scope.get("path_params") or {}
         client = request.scope.get("client")
         self.tenancy.record(
@@ -116,6 +115,17 @@ class Gate:
             or request.headers.get("x-kasou-project") or request.query_params.get("project"),
             action=action, target=params.get("name") or params.get("ref"),
             status=status, detail=detail)
+
+
+def _route_template(request: Request) -> str:
+    """'/api/v1/vms/{name}' rather than the concrete path: the audit groups by action."""
+    template = getattr(request.scope.get("route"), "path", None)
+    if template is None:
+        return request.url.path
+    prefix = "/api/v1"
+    if request.url.path.startswith(prefix) and not template.startswith(prefix):
+        template = prefix + template
+    return str(template)
 
 
 @dataclass(frozen=True)
