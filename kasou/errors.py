@@ -14,7 +14,7 @@
     │   └── RateLimited        too many requests for this token (429)
     ├── AuthError              missing, wrong, expired or revoked token (401)
     └── EngineError            QEMU / host failure (500), keeps the cause
-        ├── LaunchFailure      QEMU refused to start: exit code, argv, stderr
+        ├── LaunchFailure      QEMU refused to start (422): exit code, argv, stderr
         ├── QMPFailure         a QMP command failed or the monitor went away
         ├── AgentFailure       the guest agent replied with an error or broke off
         └── ImageBuildError    building a guest image failed
@@ -130,6 +130,9 @@ class EngineError(KasouError):
 
 
 class LaunchFailure(EngineError):
+    # QEMU refusing a definition (a file that is no kernel, a disk it cannot open) is
+    # answered as unprocessable input, not as a server fault.
+    status = 422
     code = "launch_failed"
 
     def __init__(self, message: str, *, returncode: int | None = None,

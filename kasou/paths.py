@@ -15,12 +15,13 @@ from pathlib import Path
 
 from kasou.errors import InvalidSpec
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+SAFE_NAME = re.compile(NAME_PATTERN)
 
 
 def check_name(name: str, field: str = "name") -> str:
-    """A name that is safe as one path component: never '..', never a slash."""
-    if not isinstance(name, str) or not SAFE_NAME.match(name) or ".." in name:
+    """A name that is safe as one path component: no slash, never starting with a dot."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
         raise InvalidSpec(
             f"{field} {name!r} is not allowed: use 1-63 letters, digits, '-', '_' or '.', "
             "starting with a letter or digit",

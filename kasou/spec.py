@@ -10,8 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from kasou.cloudinit import userdata
 from kasou.errors import InvalidSpec
-from kasou.paths import check_name
+from kasou.network.spec import NicSpec, check_forwards, check_nics
+from kasou.paths import NAME_PATTERN, check_name
 from kasou.units import parse_size
 
 MIN_MEMORY_MIB = 16
@@ -28,6 +30,7 @@ def _memory_mib(value: Any) -> int:
 
 
 MemoryMiB = Annotated[int, BeforeValidator(_memory_mib), Field(ge=MIN_MEMORY_MIB)]
+DiskMiB = Annotated[int, BeforeValidator(_memory_mib), Field(ge=1)]
 
 
 class VMSpec(BaseModel):
@@ -35,7 +38,7 @@ class VMSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: str = Field(json_schema_extra={"pattern": NAME_PATTERN})
     image: str | None = None
     vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS_HARD)
     memory: MemoryMiB = 256
@@ -46,6 +49,32 @@ class VMSpec(BaseModel):
     cmdline: str | None = None
     disks: list[str] = Field(default_factory=list)
     iso: str | None = None
+    # Storage (kasou/storage): the VM's own disk, cloned from a template volume (a qcow2
+    # overlay, or a copy with full_clone) or blank when only disk_size is given; and
+    # existing volumes attached at creation.
+    template: str | None = None
+    full_clone: bool = False
+    disk_size: DiskMiB | None = None
+    volumes: list[str] = Field(default_factory=list)
+    # cloud-init (kasou/cloudinit): the user-data text itself (the CLI reads the file),
+    # public keys for the default user, the guest's host name (default: from the name).
+    user_data: str | None = None
+    ssh_keys: list[str] = Field(default_factory=list)
+    hostname: str | None = None
+    # Network (kasou/network): with no nics, one user-mode NAT NIC carrying the port
+    # forwards "[ADDR:]HOSTPORT:GUESTPORT[/tcp|udp]"; else NICs on host networks.
+    forwards: list[str] = Field(default_factory=list)
+    nics: list[NicSpec] = Field(default_factory=list)
+
+    @field_validator("forwards")
+    @classmethod
+    def _forwards(cls, v: list[str]) -> list[str]:
+        return check_forwards(v)
+
+    @field_validator("nics")
+    @classmethod
+    def _nics(cls, v: list[NicSpec]) -> list[NicSpec]:
+        return check_nics(v)
 
     @field_validator("name")
     @classmethod
@@ -64,6 +93,43 @@ class VMSpec(BaseModel):
             return check_name(v, "image")
         except InvalidSpec as e:
             raise ValueError(e.message) from None
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return check_name(v, "template")
+        except InvalidSpec as e:
+            raise ValueError(e.message) from None
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, v: list[str]) -> list[str]:
+        for name in v:
+            try:
+                check_name(name, "volume")
+            except InvalidSpec as e:
+                raise ValueError(e.message) from None
+        if len(set(v)) != len(v):
+            raise ValueError("a volume is listed twice")
+        return v
+
+    @field_validator("user_data")
+    @classmethod
+    def _user_data(cls, v: str | None) -> str | None:
+        return None if v is None else userdata.check_user_data(v)
+
+    @field_validator("ssh_keys")
+    @classmethod
+    def _ssh_keys(cls, v: list[str]) -> list[str]:
+        return userdata.check_ssh_keys(v)
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str | None) -> str | None:
+        return None if v is None else userdata.check_hostname(v)
 
     @field_validator("kernel", "initrd", "iso")
     @classmethod
@@ -93,10 +159,15 @@ class VMSpec(BaseModel):
             return "initrd", "an initrd needs --kernel"
         if self.cmdline and not (self.kernel or self.image):
             return "cmdline", "a kernel command line needs --kernel or an image"
-        if not (self.image or self.kernel or self.disks or self.iso):
-            return "image", "give --image, --kernel, --disk or --iso: the VM has nothing to boot"
+        if self.full_clone and not self.template:
+            return "full_clone", "--full-clone needs --from TEMPLATE"
+        if not (self.image or self.kernel or self.disks or self.iso or self.template
+                or self.volumes):
+            return "image", "give --image, --kernel, --disk, --iso, --from or --volume: " \
+                "the VM has nothing to boot"
         kernel_boot = self.kernel or self.image
-        if self.machine == "microvm" and (self.iso or (self.disks and not kernel_boot)):
+        block = self.disks or self.template or self.volumes
+        if self.machine == "microvm" and (self.iso or (block and not kernel_boot)):
             return "machine", "microvm boots only a kernel directly; use pc or q35 to boot " \
                 "disks and ISOs"
         if self.firmware == "uefi" and self.machine == "microvm":

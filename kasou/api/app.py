@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kasou import __version__
 from kasou.api.routes import host as host_routes
@@ -37,6 +40,40 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
+class ErrorBody(BaseModel):
+    """Every error the API answers has this shape."""
+
+    error: str
+    message: str
+    field: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in (
+        (400, "Malformed request"), (401, "No valid token"), (403, "Not allowed, or over quota"), (404, "Not found"),
+        (409, "Conflict with the current state"), (413, "Body too large"),
+        (422, "Invalid input, naming the field"), (429, "Rate limited"))
+}
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (unknown path, wrong method) in kasou's error shape. For 405 the
+    Allow header lists every method of every route at that path, not just the first match."""
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = set()
+        for route in request.app.routes:
+            regex = getattr(route, "path_regex", None)
+            if regex is not None and regex.match(request.url.path):
+                allowed |= set(getattr(route, "methods", None) or ())
+        headers["Allow"] = ", ".join(sorted(allowed))
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse({"error": code, "message": str(exc.detail)},
+                        status_code=exc.status_code, headers=headers)
+
+
 def create_app(platform: Platform, limiter: RateLimiter | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -51,17 +88,17 @@ def create_app(platform: Platform, limiter: RateLimiter | None = None) -> FastAP
     app.state.tenancy = platform.tenancy
     app.add_exception_handler(KasouError, lambda _r, e: error_response(e))
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     gate = Gate(platform.tenancy, limiter or RateLimiter())
     app.middleware("http")(gate.middleware)
     app.add_middleware(BodyLimit)
 
-    app.include_router(host_routes.router(platform.vms), prefix="/api/v1")
-    app.include_router(vm_routes.router(platform.vms), prefix="/api/v1")
-    app.include_router(tenancy_routes.router(platform.tenancy, platform.vms), prefix="/api/v1")
-    for extra in platform.routers:
-        app.include_router(extra, prefix="/api/v1")
+    routers = [host_routes.router(platform.vms), vm_routes.router(platform.vms),
+               tenancy_routes.router(platform.tenancy, platform.vms), *platform.routers]
+    for r in routers:
+        app.include_router(r, prefix="/api/v1", responses=ERRORS)
 
-    @app.get("/healthz", dependencies=[authenticated()])
+    @app.get("/healthz", dependencies=[authenticated()], responses=ERRORS)
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 

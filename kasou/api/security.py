@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request, Response
+from fastapi import Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kasou.errors import AuthError, Forbidden, KasouError, RateLimited, TooLarge
-from kasou.paths import check_name
+from kasou.paths import NAME_PATTERN, check_name
 from kasou.store.base import DEFAULT_PROJECT
 from kasou.tenancy.models import Principal
 from kasou.tenancy.policy import Verb, authorize
@@ -128,6 +128,9 @@ def _route_template(request: Request) -> str:
     return str(template)
 
 
+NameParam = Annotated[str, Path(pattern=NAME_PATTERN, description="A name or an id.")]
+
+
 @dataclass(frozen=True)
 class Ctx:
     """The caller and the project a request acts in."""
@@ -146,8 +149,9 @@ def require(verb: Verb) -> Any:
     """A dependency: resolve the project, check the caller may `verb` in it, return Ctx."""
 
     def dependency(request: Request,
-                   project: str | None = Query(default=None, description="Project to act in "
-                                               "(or the X-Kasou-Project header).")) -> Ctx:
+                   project: str | None = Query(default=None, pattern=NAME_PATTERN,
+                                               description="Project to act in (or the "
+                                               "X-Kasou-Project header).")) -> Ctx:
         who: Principal = request.state.principal
         name = project or request.headers.get("x-kasou-project") or _default_project(who)
         check_name(name, "project")

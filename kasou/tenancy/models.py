@@ -7,7 +7,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kasou.errors import InvalidSpec
-from kasou.paths import check_name
+from kasou.paths import NAME_PATTERN, check_name
 
 
 class Role(StrEnum):
@@ -37,7 +37,7 @@ QUOTA_FIELDS = tuple(Quota.model_fields)
 class ProjectSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(json_schema_extra={"pattern": NAME_PATTERN})
     description: str = Field(default="", max_length=500)
     quota: Quota = Field(default_factory=Quota)
 
@@ -57,7 +57,7 @@ class Project(ProjectSpec):
 class UserSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(json_schema_extra={"pattern": NAME_PATTERN})
     admin: bool = False
 
     @field_validator("name")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from kasou.api.security import caller
+from kasou.api.security import NameParam, caller
 from kasou.errors import Forbidden, NotFound
-from kasou.paths import check_name
+from kasou.paths import NAME_PATTERN, check_name
 from kasou.service.vms import VMService
 from kasou.tenancy.models import (
     Membership,
@@ -54,30 +54,31 @@ def router(ten: TenancyService, vms: VMService) -> APIRouter:
         return ten.visible_projects(who)
 
     @r.get("/projects/{name}")
-    def show_project(name: str, who: Principal = WHO) -> dict[str, Any]:
+    def show_project(name: NameParam, who: Principal = WHO) -> dict[str, Any]:
         check_name(name, "project")
         authorize(who, Verb.READ, name)
         return ten.describe_project(name)
 
     @r.delete("/projects/{name}", status_code=204)
-    def delete_project(name: str, who: Principal = WHO) -> Response:
+    def delete_project(name: NameParam, who: Principal = WHO) -> Response:
         authorize(who, Verb.ADMIN, None)
         ten.delete_project(name)
         return Response(status_code=204)
 
     @r.put("/projects/{name}/quota")
-    def set_quota(name: str, quota: Quota, who: Principal = WHO) -> Project:
+    def set_quota(name: NameParam, quota: Quota, who: Principal = WHO) -> Project:
         authorize(who, Verb.ADMIN, None)
         return ten.set_quota(name, quota)
 
     @r.put("/projects/{name}/members/{user}")
-    def add_member(name: str, user: str, body: RoleBody, who: Principal = WHO) -> Membership:
+    def add_member(name: NameParam, user: NameParam, body: RoleBody,
+                   who: Principal = WHO) -> Membership:
         check_name(name, "project")
         authorize(who, Verb.MANAGE, name)
         return ten.add_member(name, user, body.role)
 
     @r.delete("/projects/{name}/members/{user}", status_code=204)
-    def remove_member(name: str, user: str, who: Principal = WHO) -> Response:
+    def remove_member(name: NameParam, user: NameParam, who: Principal = WHO) -> Response:
         check_name(name, "project")
         authorize(who, Verb.MANAGE, name)
         ten.store.remove_member(name, user)
@@ -95,14 +96,14 @@ def router(ten: TenancyService, vms: VMService) -> APIRouter:
         return ten.store.list_users()
 
     @r.delete("/users/{name}", status_code=204)
-    def delete_user(name: str, who: Principal = WHO) -> Response:
+    def delete_user(name: NameParam, who: Principal = WHO) -> Response:
         authorize(who, Verb.ADMIN, None)
         ten.store.get_user(name)
         ten.store.delete_user(name)
         return Response(status_code=204)
 
     @r.post("/users/{name}/tokens", status_code=201)
-    def create_token(name: str, body: TokenRequest, who: Principal = WHO) -> NewToken:
+    def create_token(name: NameParam, body: TokenRequest, who: Principal = WHO) -> NewToken:
         if not who.admin and who.name != name:
             raise Forbidden(f"{who.name} may create tokens only for itself")
         return ten.create_token(name, expires_days=body.expires_days,
@@ -113,7 +114,7 @@ def router(ten: TenancyService, vms: VMService) -> APIRouter:
         return ten.store.list_tokens(None if who.admin else who.name)
 
     @r.delete("/tokens/{token_id}", status_code=204)
-    def revoke_token(token_id: str, who: Principal = WHO) -> Response:
+    def revoke_token(token_id: NameParam, who: Principal = WHO) -> Response:
         row = ten.store.token_row(token_id)
         if row is None or (not who.admin and row[0].user != who.name):
             raise NotFound(f"no token with id {token_id!r}")
@@ -122,7 +123,9 @@ def router(ten: TenancyService, vms: VMService) -> APIRouter:
 
     # -- audit -------------------------------------------------------------------------------
     @r.get("/audit")
-    def audit(request: Request, project: str | None = None, since: str | None = None,
+    def audit(request: Request,
+              project: str | None = Query(default=None, pattern=NAME_PATTERN),
+              since: str | None = None,
               limit: int = 1000, who: Principal = WHO) -> list[dict[str, Any]]:
         if project is None:
             authorize(who, Verb.ADMIN, None)
