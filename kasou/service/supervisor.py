@@ -26,7 +26,7 @@ ExitHandler = Callable[[str, "ExitInfo"], Awaitable[None]]
 
 
 class ExitInfo:
-    def __init__(self, clean: bool, reason: str) -> None:
+    def __init__(self, clean: bool, reason: str | None) -> None:
         self.clean = clean
         self.reason = reason
 
@@ -39,7 +39,7 @@ class Supervisor:
         self._on_event = on_event
         self._on_exit = on_exit
         self.exit_requested = False
-        self.exit_reason = "stopped by kasou"
+        self.exit_reason: str | None = None   # None: the user's own stop, nothing to explain
         self.shutdown_event: dict[str, Any] | None = None
         self.panicked = False
         self._task: asyncio.Task[None] | None = None
@@ -69,8 +69,12 @@ class Supervisor:
                     await self._dispatch(event)
         await self._disconnect()
         info = await self._exit_info()
-        self.gone.set()
-        await self._on_exit(self.rt.vm_id, info)
+        try:
+            await self._on_exit(self.rt.vm_id, info)
+        finally:
+            # Set only once the exit is handled: hooks' cleanup may await (TAPs are removed
+            # in a worker thread), and a stop waiting on `gone` must then see the final state.
+            self.gone.set()
 
     async def _pump(self, listener: Any) -> None:
         async for event in listener:
@@ -101,10 +105,10 @@ class Supervisor:
             return ExitInfo(False, f"QMP monitor of QEMU pid {self.rt.pid} closed; QEMU killed")
         if self.panicked:
             return ExitInfo(False, "the guest kernel panicked")
-        if self.shutdown_event is not None:
-            return ExitInfo(True, _shutdown_reason(self.shutdown_event))
         if self.exit_requested:
             return ExitInfo(True, self.exit_reason)
+        if self.shutdown_event is not None:
+            return ExitInfo(True, _shutdown_reason(self.shutdown_event))
         return ExitInfo(False, f"QEMU (pid {self.rt.pid}) exited unexpectedly, without a "
                                "shutdown (killed by a signal or crashed)")
 

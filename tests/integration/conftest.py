@@ -41,6 +41,8 @@ class Kasou:
         self.env = {**os.environ, "KASOU_HOME": str(home)}
         self.env.pop("KASOU_URL", None)
         self.daemon: subprocess.Popen[bytes] | None = None
+        # Wraps the daemon's command line, e.g. ["ip", "netns", "exec", NS] (network tests).
+        self.prefix: list[str] = []
 
     def run(self, *args: str, check: bool = True, timeout: float = 120,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -59,10 +61,11 @@ class Kasou:
         return data
 
     def start_daemon(self, *extra: str) -> None:
-        log = open(self.home / "kasoud.log", "ab")  # noqa: SIM115 - handed to the daemon
-        self.daemon = subprocess.Popen([sys.executable, "-m", "kasou", "serve", *extra],
-                                       env=self.env, stdout=log, stderr=log,
-                                       start_new_session=True)
+        with open(self.home / "kasoud.log", "ab") as log:   # the child keeps its own copy
+            self.daemon = subprocess.Popen([*self.prefix, sys.executable, "-m", "kasou",
+                                            "serve", *extra],
+                                           env=self.env, stdout=log, stderr=log,
+                                           start_new_session=True)
         sock = self.home / "kasou.sock"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
