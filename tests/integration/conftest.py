@@ -135,6 +135,16 @@ def wait_serial(vm: dict[str, Any], pattern: str, timeout: float = 90, count: in
     return out
 
 
+@pytest.fixture(scope="module")
+def shared_kasou(tmp_path_factory: pytest.TempPathFactory,
+                 images: dict[str, Any]) -> Iterator[Kasou]:
+    """One daemon for a module's tests that must leave nothing behind (refusals)."""
+    k = Kasou(tmp_path_factory.mktemp("shared"))
+    k.start_daemon()
+    yield k
+    k.cleanup()
+
+
 @pytest.fixture
 def kasou(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest,
           images: dict[str, Any]) -> Iterator[Kasou]:

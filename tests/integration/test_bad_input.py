@@ -25,8 +25,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("args", "field"), CASES)
-def test_bad_create_is_refused_and_creates_nothing(kasou: Kasou, args: list[str],
+def test_bad_create_is_refused_and_creates_nothing(shared_kasou: Kasou, args: list[str],
                                                    field: str) -> None:
+    kasou = shared_kasou
     base = [] if "--image" in args or "--kernel" in args else ["--image", "tiny"]
     r = kasou.run("vm", "create", "bad", *base, *args, check=False)
     assert r.returncode != 0
@@ -37,7 +38,8 @@ def test_bad_create_is_refused_and_creates_nothing(kasou: Kasou, args: list[str]
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "x" * 64, "semi;colon"])
-def test_unsafe_names_are_refused(kasou: Kasou, name: str) -> None:
+def test_unsafe_names_are_refused(shared_kasou: Kasou, name: str) -> None:
+    kasou = shared_kasou
     r = kasou.run("vm", "create", name, "--image", "tiny", check=False)
     assert r.returncode != 0 and "name" in r.stderr and "Traceback" not in r.stderr
     assert kasou.json("vm", "list") == []
