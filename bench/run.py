@@ -29,6 +29,13 @@ sys.path.insert(0, str(ROOT))
 
 from kasou.images.registry import build_image  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+import debian_boot as bench_debian  # noqa: E402
+import isolation as bench_isolation  # noqa: E402
+import network as bench_network  # noqa: E402
+import storage as bench_storage  # noqa: E402
+import tenancy as bench_tenancy  # noqa: E402
+
 READY = re.compile(rb"KASOU READY")
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 FLEET = int(os.environ.get("BENCH_FLEET", "20"))
@@ -218,6 +225,11 @@ def main() -> None:
     finally:
         b.close()
     report = write_report(boots, fl)
+    report += "\n" + bench_isolation.run()
+    report += "\n" + bench_network.run()
+    report += "\n" + bench_debian.run()
+    report += "\n" + bench_tenancy.run()
+    report += "\n" + bench_storage.run()
     (ROOT / "docs" / "BENCHMARKS.md").write_text(report)
     print(report)
 

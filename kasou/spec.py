@@ -12,6 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from kasou.cloudinit import userdata
 from kasou.errors import InvalidSpec
+from kasou.isolation.limits import Limits
 from kasou.network.spec import NicSpec, check_forwards, check_nics
 from kasou.paths import NAME_PATTERN, check_name
 from kasou.units import parse_size
@@ -65,6 +66,12 @@ class VMSpec(BaseModel):
     # forwards "[ADDR:]HOSTPORT:GUESTPORT[/tcp|udp]"; else NICs on host networks.
     forwards: list[str] = Field(default_factory=list)
     nics: list[NicSpec] = Field(default_factory=list)
+    # Isolation (kasou/isolation): CPU limit/weight/pinning, balloon target, I/O weight at
+    # create time; `kasou vm set` changes them later.
+    limits: Limits | None = None
+    # Desktop (kasou/console): a VGA screen served by VNC on a Unix socket, reached from a
+    # browser through the API's WebSocket proxy with a console token.
+    display: bool = False
 
     @field_validator("forwards")
     @classmethod

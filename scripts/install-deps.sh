@@ -5,6 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(qemu-system-x86 qemu-utils ovmf cpio)
+# the debian image: debootstrap, mkfs.ext4 -d; its test and benchmark log in over ssh
+PKGS+=(debootstrap e2fsprogs openssh-client)
+# host networks: nft for the rules, dnsmasq for DHCP/DNS, iproute2 for the tests' netns
+PKGS+=(nftables dnsmasq-base iproute2)
+# isolation/metrics: promtool checks /metrics in the tests; setfacl shares a kernel file
+# others may not read with a sandboxed QEMU
+PKGS+=(prometheus acl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import kasou, qemu.qmp, fastapi, pytest, pytest_timeout" 2>/dev/null \
+if ! "$PY" -c "import kasou, qemu.qmp, fastapi, pytest, pytest_timeout, pycdlib, yaml, pyroute2, prometheus_client" 2>/dev/null \
    || [ "$("$PY" -c 'import kasou,os;print(os.path.dirname(kasou.__file__))')" != "$PWD/kasou" ]; then
   echo "==> pip install -e .[dev]"
   "$PY" -m pip install -q --disable-pip-version-check -e '.[dev]'

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kasou import __version__
+from kasou.api import web
 from kasou.api.routes import host as host_routes
 from kasou.api.routes import tenancy as tenancy_routes
 from kasou.api.routes import vms as vm_routes
@@ -51,7 +52,8 @@ class ErrorBody(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in (
-        (400, "Malformed request"), (401, "No valid token"), (403, "Not allowed, or over quota"), (404, "Not found"),
+        (400, "Malformed request"), (401, "No valid token"),
+        (403, "Not allowed, or over quota"), (404, "Not found"),
         (409, "Conflict with the current state"), (413, "Body too large"),
         (422, "Invalid input, naming the field"), (429, "Rate limited"))
 }
@@ -97,9 +99,13 @@ def create_app(platform: Platform, limiter: RateLimiter | None = None) -> FastAP
                tenancy_routes.router(platform.tenancy, platform.vms), *platform.routers]
     for r in routers:
         app.include_router(r, prefix="/api/v1", responses=ERRORS)
+    for r in platform.root_routers:     # outside /api/v1, e.g. /metrics for Prometheus
+        app.include_router(r, responses=ERRORS)
 
     @app.get("/healthz", dependencies=[authenticated()], responses=ERRORS)
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
+
+    web.mount(app)      # the dashboard at /ui/ (kasou/web)
 
     return app

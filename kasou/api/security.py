@@ -16,8 +16,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kasou.api.web import is_public
 from kasou.errors import AuthError, Forbidden, KasouError, RateLimited, TooLarge
 from kasou.paths import NAME_PATTERN, check_name
 from kasou.store.base import DEFAULT_PROJECT
@@ -90,6 +92,8 @@ class Gate:
 
     async def middleware(self, request: Request,
                          call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if is_public(request.url.path):      # the dashboard's static files (kasou/api/web.py)
+            return await call_next(request)
         try:
             request.state.principal = self.principal(request)
         except KasouError as e:
@@ -196,8 +200,15 @@ def _declared(route: Any) -> bool:
     return False
 
 
-def enforce_declared(request: Request) -> None:
-    """App-wide dependency: routes without a declared verb are for administrators only."""
+def enforce_declared(request: HTTPConnection) -> None:
+    """App-wide dependency: routes without a declared verb are for administrators only.
+    WebSockets pass no HTTP middleware, so they have no principal: each must declare how
+    it authorizes (e.g. the console's signed token), or it is refused."""
+    declared = _declared(request.scope.get("route"))
+    if request.scope["type"] == "websocket":
+        if not declared:
+            raise Forbidden(f"{request.url.path} is for administrators")
+        return
     who: Principal = request.state.principal
-    if not who.admin and not _declared(request.scope.get("route")):
+    if not who.admin and not declared:
         raise Forbidden(f"{request.url.path} is for administrators")

@@ -43,6 +43,8 @@ class ServeOptions:
     tls_key: Path | None = None
     tls_self_signed: bool = False
     rate: float = 20.0
+    metrics_interval: float = 5.0
+    sandbox: bool = True
     burst: float = 100.0
 
 
@@ -113,7 +115,8 @@ def serve(layout: Layout, opts: ServeOptions) -> None:
     pair = _tls(layout, opts)
     platform = build_platform(layout, Settings(
         cpu_overcommit=opts.cpu_overcommit, memory_overcommit=opts.memory_overcommit,
-        reserved_memory_mib=opts.reserved_memory_mib))
+        reserved_memory_mib=opts.reserved_memory_mib, metrics_interval=opts.metrics_interval,
+        sandbox=opts.sandbox))
     app = create_app(platform, RateLimiter(rate=opts.rate, burst=opts.burst))
     servers = [(_Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                        lifespan="on")), [_unix_socket(layout.socket)])]

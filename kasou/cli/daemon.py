@@ -24,6 +24,10 @@ def serve_cmd(
                                          help="Make (once) and use a self-signed certificate."),
     rate: float = typer.Option(20.0, min=0.1, help="API requests per second per token."),
     burst: float = typer.Option(100.0, min=1, help="API requests at once per token."),
+    metrics_interval: float = typer.Option(5.0, min=0.5, max=3600,
+                                           help="Seconds between metrics samples."),
+    sandbox: bool = typer.Option(True, "--sandbox/--no-sandbox",
+                                 help="As root, run QEMU unprivileged under seccomp."),
 ) -> None:
     """Run the daemon in the foreground (API on $KASOU_HOME/kasou.sock)."""
     from kasou.api.server import ServeOptions, parse_listen, serve
@@ -36,7 +40,8 @@ def serve_cmd(
         opts = ServeOptions(listen_tcp=parse_listen(listen) if listen else None,
                             cpu_overcommit=cpu_overcommit, memory_overcommit=memory_overcommit,
                             tls_cert=tls_cert, tls_key=tls_key,
-                            tls_self_signed=tls_self_signed, rate=rate, burst=burst)
+                            tls_self_signed=tls_self_signed, rate=rate, burst=burst,
+                            metrics_interval=metrics_interval, sandbox=sandbox)
     except KasouError as e:
         fail(e.message)
     try:

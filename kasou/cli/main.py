@@ -9,7 +9,19 @@ import os
 
 import typer
 
-from kasou.cli import daemon, host, image, tenancy, vm
+from kasou.cli import (
+    daemon,
+    guest,
+    host,
+    image,
+    isolation,
+    metrics,
+    network,
+    tenancy,
+    vm,
+    vm_storage,
+    volume,
+)
 
 app = typer.Typer(help="kasou (仮想): run many isolated virtual machines.", no_args_is_help=True,
                   add_completion=False,
@@ -18,11 +30,23 @@ app.add_typer(vm.app, name="vm")
 app.add_typer(image.app, name="image")
 app.add_typer(host.app, name="host")
 app.add_typer(daemon.app, name="daemon")
+app.add_typer(network.network_app, name="network")
+app.add_typer(network.secgroup_app, name="secgroup")
 app.add_typer(tenancy.project_app, name="project")
 app.add_typer(tenancy.user_app, name="user")
 app.add_typer(tenancy.token_app, name="token")
 app.command("audit")(tenancy.audit_cmd)
 app.command("serve")(daemon.serve_cmd)
+vm.app.command("set")(isolation.vm_set)
+app.add_typer(volume.app, name="volume")
+app.add_typer(volume.pool_app, name="pool")
+vm.app.add_typer(vm_storage.snapshot_app, name="snapshot")
+vm.app.add_typer(vm_storage.disk_app, name="disk")
+vm.app.command("suspend")(vm_storage.suspend_cmd)
+host.app.add_typer(isolation.ksm_app, name="ksm")
+vm.app.command("stats")(metrics.vm_stats)
+vm.app.command("exec")(guest.vm_exec)
+app.command("top")(metrics.top)
 
 
 @app.callback()

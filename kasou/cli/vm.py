@@ -12,7 +12,12 @@ import typer
 
 from kasou.cli.client import Client
 from kasou.cli.common import JsonOpt, call, fail
+from kasou.cli.desktop import BASE_HELP, DISPLAY_HELP, WEB_HELP, print_web_console
+from kasou.cli.guest import CLOUD_INIT_HELP, guest_lines, vm_cloudinit_spec
+from kasou.cli.isolation import LIMIT_HELP, limit_lines, vm_limits_spec
+from kasou.cli.network import nic_lines, vm_network_spec
 from kasou.cli.output import print_fields, print_json, print_table, vm_rows
+from kasou.cli.vm_storage import STORAGE_HELP, disk_lines, vm_storage_spec
 
 app = typer.Typer(help="Define, run and control virtual machines.", no_args_is_help=True)
 
@@ -26,7 +31,11 @@ def show_vm(vm: dict[str, Any], as_json: bool) -> None:
                   "accelerator": vm.get("accelerator"), "machine": vm["machine"],
                   "vcpus": vm["vcpus"], "memory": f"{vm['memory']} MiB", "image": vm.get("image"),
                   "os": vm.get("os"), "started": vm.get("started_at"),
-                  "serial log": vm.get("serial_log")})
+                  "serial log": vm.get("serial_log"),
+                  **nic_lines(vm.get("extras") or {}),
+                  **limit_lines(vm.get("extras") or {}),
+                  **disk_lines(vm.get("extras") or {}),
+                  **guest_lines(vm.get("extras") or {})})
 
 
 def _abs(path: str | None) -> str | None:
@@ -46,6 +55,24 @@ def vm_create(
     cmdline: str | None = typer.Option(None, help="Kernel command line."),
     disk: list[str] = typer.Option([], help="A disk image (repeatable); never deleted by kasou."),
     iso: str | None = typer.Option(None, help="An ISO to boot from."),
+    forward: list[str] = typer.Option([], help="[ADDR:]HOSTPORT:GUESTPORT[/tcp|udp] on the "
+                                      "user-mode NIC (repeatable; ADDR 127.0.0.1)."),
+    network: list[str] = typer.Option([], help="A NIC on this host network (repeatable)."),
+    ip: list[str] = typer.Option([], help="Reserve this address for the --network NIC."),
+    mac: list[str] = typer.Option([], help="This MAC for the --network NIC."),
+    cpu_limit: str | None = typer.Option(None, help=LIMIT_HELP["cpu_limit"]),
+    cpu_weight: str | None = typer.Option(None, help=LIMIT_HELP["cpu_weight"]),
+    pin: str | None = typer.Option(None, help=LIMIT_HELP["pin"]),
+    memory_target: str | None = typer.Option(None, help=LIMIT_HELP["memory_target"]),
+    io_weight: str | None = typer.Option(None, help=LIMIT_HELP["io_weight"]),
+    template: str | None = typer.Option(None, "--from", help=STORAGE_HELP["template"]),
+    full_clone: bool = typer.Option(False, "--full-clone", help=STORAGE_HELP["full_clone"]),
+    disk_size: str | None = typer.Option(None, help=STORAGE_HELP["disk_size"]),
+    volume: list[str] = typer.Option([], help=STORAGE_HELP["volume"]),
+    user_data: str | None = typer.Option(None, help=CLOUD_INIT_HELP["user_data"]),
+    ssh_key: list[str] = typer.Option([], help=CLOUD_INIT_HELP["ssh_key"]),
+    hostname: str | None = typer.Option(None, help=CLOUD_INIT_HELP["hostname"]),
+    display: bool = typer.Option(False, "--display", help=DISPLAY_HELP),
     start: bool = typer.Option(False, "--start", help="Start it right away."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -56,6 +83,12 @@ def vm_create(
     spec.update({k: v for k, v in optional.items() if v is not None})
     if disk:
         spec["disks"] = [_abs(d) for d in disk]
+    spec.update(vm_network_spec(forward, network, ip, mac))
+    spec.update(vm_limits_spec(cpu_limit, cpu_weight, pin, memory_target, io_weight))
+    spec.update(vm_storage_spec(template, full_clone, disk_size, volume))
+    spec.update(vm_cloudinit_spec(user_data, ssh_key, hostname))
+    if display:
+        spec["display"] = True
     c = Client()
     vm = call(c.post, "/vms", spec)
     if start:
@@ -134,10 +167,14 @@ def vm_show(name: str, as_json: bool = JsonOpt) -> None:
 
 
 @app.command("console")
-def vm_console(name: str) -> None:
-    """Attach to the serial console (Ctrl-] detaches)."""
+def vm_console(name: str, web: bool = typer.Option(False, "--web", help=WEB_HELP),
+               base: str | None = typer.Option(None, help=BASE_HELP)) -> None:
+    """Attach to the serial console (Ctrl-] detaches), or print a URL for the screen."""
     from kasou.cli.console import attach
 
+    if web:
+        print_web_console(name, base)
+        return
     info = call(Client().get, f"/vms/{name}/console")
     if os.isatty(0):
         sys.stderr.write(f"Connected to {name}'s console; Ctrl-] to detach.\r\n")

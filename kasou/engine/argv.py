@@ -19,6 +19,7 @@ from kasou.errors import InvalidSpec
 __all__ = [
     "TCG_TB_SIZE_MIB",
     "accel_args",
+    "agent_args",
     "balloon_args",
     "boot_args",
     "build_argv",
@@ -231,6 +232,13 @@ def nic_args(plan: LaunchPlan) -> list[str]:
 
 
 def _netdev_args(nic: NicPlan, netdev: str) -> list[str]:
+    if nic.kind == "tap":
+        if not nic.ifname:
+            raise InvalidSpec("a TAP NIC needs the TAP's name", field="nics")
+        # The TAP exists before QEMU starts (kasou made it and put it on the bridge), so
+        # QEMU runs no ifup/ifdown scripts.
+        return ["-netdev", opts("tap", id=netdev, ifname=nic.ifname, script="no",
+                                downscript="no", vhost=nic.vhost)]
     if nic.kind != "user":
         raise InvalidSpec(f"NIC kind {nic.kind!r} is not supported yet", field="nics")
     # hostfwd may repeat: QEMU collects the repeated key into a list.
@@ -253,15 +261,18 @@ def qmp_args(plan: LaunchPlan) -> list[str]:
 
 def display_args(plan: LaunchPlan) -> list[str]:
     # Never a local window: QEMU is daemonized, and with no -display it would pick GTK/SDL
-    # or fall back to a VNC server on a TCP port. A VGA device (and, later, VNC on a Unix
-    # socket) comes only when the VM has a display.
+    # or fall back to a VNC server on a TCP port. A VGA device and a VNC server come only
+    # when the VM has a display, and that server listens nowhere (-vnc none): the daemon
+    # hands QEMU one end of a socket pair per viewer over QMP (add_client), so the screen is
+    # reachable only through the API's token-checked proxy. (Not -vnc unix:PATH: a
+    # sandboxed QEMU may not create files in the run dir, and 7.2's -vnc takes no fd.)
     args = ["-display", "none"]
     if not plan.display:
         return args
     if not _is_pci(plan):
         raise InvalidSpec("a display needs machine pc or q35; microvm has no VGA",
                           field="display")
-    return [*args, "-device", "VGA,id=video0"]
+    return [*args, "-device", "VGA,id=video0", "-vnc", "none"]
 
 
 def firmware_args(plan: LaunchPlan) -> list[str]:
@@ -296,6 +307,18 @@ def rng_args(plan: LaunchPlan) -> list[str]:
     return ["-device", opts(_virtio(plan, "rng"), id="rng0")]
 
 
+def agent_args(plan: LaunchPlan) -> list[str]:
+    """The guest agent's channel: a virtio-serial port named as qemu-guest-agent expects,
+    backed by a Unix socket kasou connects to (kasou/engine/agent.py)."""
+    if plan.paths.agent is None:
+        return []
+    chardev = opts("socket", id="qga0", path=plan.paths.agent, server=True, wait=False)
+    return ["-device", opts(_virtio(plan, "serial"), id="vser0"),
+            "-chardev", chardev,
+            "-device", opts("virtserialport", bus="vser0.0", chardev="qga0", id="qga0-port",
+                            name="org.qemu.guest_agent.0")]
+
+
 def daemon_args(plan: LaunchPlan) -> list[str]:
     # QEMU chdirs to / once daemonized, so every path in the plan should be absolute.
     return ["-daemonize", "-pidfile", plan.paths.pidfile]
@@ -311,8 +334,8 @@ def _base_args(plan: LaunchPlan) -> list[str]:
 
 _BUILDERS: tuple[Callable[[LaunchPlan], list[str]], ...] = (
     machine_args, accel_args, cpu_args, memory_args, smp_args, firmware_args, boot_args,
-    drive_args, nic_args, balloon_args, rng_args, serial_args, qmp_args, display_args,
-    daemon_args,
+    drive_args, nic_args, balloon_args, rng_args, agent_args, serial_args, qmp_args,
+    display_args, daemon_args,
 )
 
 
@@ -321,4 +344,4 @@ def build_argv(plan: LaunchPlan) -> list[str]:
     argv = _base_args(plan)
     for builder in _BUILDERS:
         argv += builder(plan)
-    return argv
+    return argv + list(plan.extra_args)

@@ -25,11 +25,13 @@ class DiskPlan:
 
 @dataclass(frozen=True)
 class NicPlan:
-    """A NIC. Only user-mode networking exists in the core; bridges come later."""
+    """A NIC: user-mode NAT (with forwards), or a TAP device on a host bridge."""
 
     mac: str
-    kind: Literal["user"] = "user"
+    kind: Literal["user", "tap"] = "user"
     forwards: tuple[str, ...] = ()     # e.g. "tcp:127.0.0.1:2222-:22"
+    ifname: str | None = None          # kind "tap": the TAP kasou made before the launch
+    vhost: bool = False                # kind "tap": vhost-net (KVM only; decided by the hook)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class RunPaths:
     console: str
     serial_log: str
     pidfile: str
+    agent: str | None = None           # guest agent socket; None: no agent channel
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,10 @@ class LaunchPlan:
     firmware: Firmware = "bios"
     ovmf_code: str | None = None      # when firmware == "uefi"
     ovmf_vars: str | None = None      # per-VM writable copy
-    display: bool = False             # VNC comes with the desktop work
+    display: bool = False             # VGA + a VNC server with no listener (kasou/console)
     tsc_khz: int | None = None        # host TSC frequency; microvm under TCG needs it
     qemu_binary: str = "qemu-system-x86_64"
     extra_cmdline: tuple[str, ...] = field(default=())
+    # QEMU arguments an area built itself (storage: volume disks, -incoming), appended
+    # after everything else; each area golden-tests its own builder.
+    extra_args: tuple[str, ...] = field(default=())

@@ -77,3 +77,19 @@ async def quit_(qmp: QMPClient) -> None:
     except (QMPError, OSError, EOFError):
         pass
 
+
+
+async def screendump(qmp: QMPClient, filename: str, fmt: str = "png") -> None:
+    """Write the VM's screen to `filename` (QEMU ≥ 7.1 knows format png as well as ppm)."""
+    await _execute(qmp, "screendump", {"filename": filename, "format": fmt})
+
+
+async def add_vnc_client(qmp: QMPClient, fd: int, fdname: str) -> None:
+    """Hand QEMU's VNC server one end of a connected socket as a new viewer (it needs a
+    VNC display, even `-vnc none`). QEMU keeps its own copy of `fd`; close ours after."""
+    try:
+        qmp.send_fd_scm(fd)
+    except (QMPError, OSError) as e:
+        raise QMPFailure(f"passing a VNC socket to QEMU failed: {e}") from e
+    await _execute(qmp, "getfd", {"fdname": fdname})
+    await _execute(qmp, "add_client", {"protocol": "vnc", "fdname": fdname, "skipauth": True})

@@ -21,7 +21,7 @@ from kasou.paths import cache_dir
 
 APT_TIMEOUT_S = 600
 KERNEL_META = "linux-image-cloud-amd64"
-_UPDATE_HINT = "run `apt-get update` (as root) so apt has package lists, then build again"
+_UPDATE_HINT = "run `apt-get update` (as root) to refresh apt's package lists, then build again"
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,12 @@ def fetch(package: str, version: str | None = None, directory: Path | None = Non
         return Deb(package, version, hit)
     # Download into a private dir, then move: a concurrent build never sees half a .deb.
     with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as tmp:
-        _run(_apt_download_argv(f"{package}={version}"), cwd=Path(tmp))
+        try:
+            _run(_apt_download_argv(f"{package}={version}"), cwd=Path(tmp))
+        except ImageBuildError as e:
+            # Usually stale lists: the mirror has moved on to a newer version.
+            raise ImageBuildError(f"{e.message}; if the mirror no longer has {package} "
+                                  f"{version}, {_UPDATE_HINT}") from e
         got = list(Path(tmp).glob("*.deb"))
         if len(got) != 1:
             raise ImageBuildError(f"apt-get download {package}={version} produced {len(got)} "

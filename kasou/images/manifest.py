@@ -41,6 +41,7 @@ class ImageManifest(pydantic.BaseModel):
     graceful_stop: bool
     ready_line: str | None
     min_memory_mib: int = pydantic.Field(ge=1)
+    cloud_init: bool = False          # reads a NoCloud seed (user-data, keys, host name)
     built_at: str
     sources: dict[str, str]
 
@@ -90,12 +91,15 @@ def read_manifest(image_dir: Path) -> ImageManifest:
         data = json.loads(path.read_text())
         manifest = ImageManifest.model_validate(data)
     except (OSError, ValueError) as e:  # pydantic.ValidationError is a ValueError
-        raise ImageBuildError(f"image manifest {path} is unreadable ({_first_line(e)}); "
+        raise ImageBuildError(f"image manifest {path} is unreadable ({_reason(e)}); "
                               f"rebuild it with `kasou image build {image_dir.name} --force`"
                               ) from e
     return manifest.relocated(image_dir)
 
 
-def _first_line(error: Exception) -> str:
+def _reason(error: Exception) -> str:
+    if isinstance(error, pydantic.ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}"
+                         for e in error.errors())
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

@@ -17,14 +17,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kasou.errors import ImageBuildError, KasouError, NotFound
-from kasou.images import debs, memtest, tiny
+from kasou.images import debian, debs, memtest, tiny
 from kasou.images.manifest import MANIFEST_FILE, ImageManifest, read_manifest, write_manifest
 from kasou.images.recipe import BuildContext, Progress, Recipe, no_progress
 from kasou.paths import check_name, images_dir
 
 log = logging.getLogger(__name__)
 
-BUILDABLE: dict[str, Recipe] = {r.name: r for r in (tiny.RECIPE, memtest.RECIPE)}
+BUILDABLE: dict[str, Recipe] = {r.name: r for r in (tiny.RECIPE, memtest.RECIPE,
+                                                     debian.RECIPE)}
 
 
 def _root(root: Path | None) -> Path:

@@ -29,6 +29,10 @@ class VMHook:
 
         Runs under the service's create lock, so a check-then-create here is atomic."""
 
+    async def created(self, rec: VMRecord, revert: Reverter) -> None:
+        """The VM's row exists: make what it owns (disks cloned from a template...) and
+        add undo steps to revert; a failure here undoes the whole create."""
+
     def admit(self, rec: VMRecord) -> None:
         """Last word before a start, under the capacity lock (quotas): raise to refuse."""
 

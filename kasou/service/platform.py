@@ -12,11 +12,27 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter
 
+from kasou.api.routes import console as console_routes
+from kasou.api.routes import guest as guest_routes
+from kasou.api.routes import networks as network_routes
+from kasou.api.routes import storage as storage_routes
+from kasou.cloudinit.hook import CloudInitHook
+from kasou.console import ConsoleService, ConsoleTokens
+from kasou.console.tokens import load_key
+from kasou.guest.hook import GuestAgentHook
+from kasou.guest.service import GuestService
 from kasou.host.capacity import HostCapacity
 from kasou.host.probe import host_info
+from kasou.images.hook import ImageDiskHook
+from kasou.isolation.setup import prepare as prepare_isolation
+from kasou.metrics import setup as metrics_setup
+from kasou.metrics.setup import prepare as prepare_metrics
+from kasou.network.hook import NetworkHook
+from kasou.network.service import NetworkService
 from kasou.paths import Layout, cache_dir
 from kasou.service.hooks import VMHook
 from kasou.service.vms import VMService
+from kasou.storage.service import StorageService
 from kasou.store.sqlite import SQLiteStore
 from kasou.store.tenancy import TenancyStore
 from kasou.tenancy.hook import TenancyHook
@@ -28,6 +44,8 @@ class Settings:
     cpu_overcommit: float = 4.0
     memory_overcommit: float = 1.0
     reserved_memory_mib: int = 512
+    sandbox: bool = True          # as root: QEMU unprivileged under seccomp (isolation)
+    metrics_interval: float = 5.0  # seconds between metrics samples of every VM
 
 
 @dataclass
@@ -37,6 +55,7 @@ class Platform:
     vms: VMService
     tenancy: TenancyService
     routers: list[APIRouter] = field(default_factory=list)
+    root_routers: list[APIRouter] = field(default_factory=list)   # not under /api/v1
     # Started after the VMs are re-attached, stopped before they are let go of.
     background: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = \
         field(default_factory=list)
@@ -63,7 +82,33 @@ def build_platform(layout: Layout, settings: Settings) -> Platform:
     tenancy = TenancyService(TenancyStore(store))
     hooks: list[VMHook] = [TenancyHook(tenancy, store)]
     # Each area appends its hook to `hooks` here, before the VM service is made.
-    vms = VMService(layout, store, host, capacity, hooks=hooks)
+    # Storage first: a start that restores a saved state loads it before others act.
+    storage = StorageService(layout, store)
+    hooks.append(storage.hook)
+    network = NetworkService(layout, store)
+    hooks.append(NetworkHook(network))
+    isolation = prepare_isolation(layout, store, host, settings.sandbox)
+    hooks.append(isolation.hook)
+    metrics = prepare_metrics(store, settings.metrics_interval)
+    hooks.append(metrics_setup.hook(metrics))
+    # An image's disk as a per-VM overlay, the cloud-init seed, the guest agent's facts.
+    guest_hook = GuestAgentHook()
+    hooks += [ImageDiskHook(layout), CloudInitHook(layout), guest_hook]
+    vms = VMService(layout, store, host, capacity, hooks=hooks, launcher=isolation.launcher)
     platform = Platform(layout=layout, store=store, vms=vms, tenancy=tenancy)
     # Each area appends its router (and background tasks) to the platform here.
+    storage.bind(vms)
+    platform.routers.append(storage_routes.router(storage))
+    isolation.join(platform)
+    metrics_setup.join(metrics, platform)
+    platform.routers.append(network_routes.router(network))
+    platform.background.append((network.reconcile, _nothing))
+    platform.routers.append(guest_routes.router(GuestService(vms, guest_hook)))
+    platform.background.append((_nothing, guest_hook.close))
+    console = ConsoleService(vms, ConsoleTokens(load_key(layout.root / "console.key")))
+    platform.routers.append(console_routes.router(console))
     return platform
+
+
+async def _nothing() -> None:
+    """Host network state outlives the daemon, like the VMs: nothing to stop."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from kasou.engine.plan import DiskPlan, LaunchPlan, Machine, RunPaths
 from kasou.errors import InvalidSpec
 from kasou.host.probe import HostInfo
+from kasou.images import overlay
 from kasou.images.manifest import ImageManifest
 from kasou.images.registry import get_image
 from kasou.spec import VMSpec
@@ -33,6 +34,8 @@ class Resolved:
 def machine_for(spec: VMSpec, image: ImageManifest | None) -> Machine:
     if spec.machine:
         return spec.machine
+    if spec.display:        # a screen needs a VGA device; microvm has none
+        return "pc"
     if image is not None:
         return image.machine
     if spec.kernel:
@@ -94,7 +97,10 @@ def disk_format(path: str) -> str:
 def kernel_cmdline(spec: VMSpec, image: ImageManifest | None) -> str | None:
     base = spec.cmdline if spec.cmdline is not None else (image.cmdline if image else None)
     if image is not None and image.kernel:
-        return f"{base or ''} kasou.hostname={spec.name}".strip()
+        # tty0 first: the kernel writes to both, and the last console (serial) stays
+        # /dev/console, where the guest says READY.
+        screen = "console=tty0 " if spec.display else ""
+        return f"{screen}{base or ''} kasou.hostname={spec.name}".strip()
     return base
 
 
@@ -105,8 +111,11 @@ def resolve(vm_id: str, spec: VMSpec, run_dir: Path, host: HostInfo,
     check_files(spec)
     check_against_host(spec, machine, host, image)
     disks = [DiskPlan(path=d, format=disk_format(d)) for d in spec.disks]  # type: ignore[arg-type]
-    if image is not None and image.disk and not spec.disks:
-        disks.insert(0, DiskPlan(path=image.disk, format=disk_format(image.disk)))  # type: ignore[arg-type]
+    # A VM cloned from a template boots its own copy (added by storage), not the image's.
+    # The image's own disk is only ever the backing file of the VM's overlay.
+    if image is not None and overlay.uses_image_disk(spec, image):
+        root = overlay.require_overlay(run_dir, spec.name, image)
+        disks.insert(0, DiskPlan(path=str(root)))
     if spec.iso:
         disks.append(DiskPlan(path=spec.iso, format="raw", readonly=True, media="cdrom"))
     firmware = spec.firmware or (image.firmware if image else "bios")
@@ -119,7 +128,7 @@ def resolve(vm_id: str, spec: VMSpec, run_dir: Path, host: HostInfo,
         firmware="none" if machine == "microvm" else firmware,
         ovmf_code=OVMF_CODE if firmware == "uefi" else None,
         ovmf_vars=str(run_dir / "OVMF_VARS.fd") if firmware == "uefi" else None,
-        tsc_khz=host.tsc_khz,
+        display=spec.display, tsc_khz=host.tsc_khz,
     )
     graceful = image.graceful_stop if image is not None else True
     return Resolved(plan=plan, image=image, graceful_stop=graceful)
@@ -133,4 +142,5 @@ def prepare_firmware(plan: LaunchPlan) -> None:
 
 def run_paths(run_dir: Path) -> RunPaths:
     return RunPaths(qmp=str(run_dir / "qmp.sock"), console=str(run_dir / "console.sock"),
-                    serial_log=str(run_dir / "serial.log"), pidfile=str(run_dir / "pid"))
+                    serial_log=str(run_dir / "serial.log"), pidfile=str(run_dir / "pid"),
+                    agent=str(run_dir / "qga.sock"))

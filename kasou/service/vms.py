@@ -15,7 +15,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kasou.engine import process, qmp
 from kasou.engine import runtime as rtfile
@@ -42,12 +42,20 @@ DEFAULT_STOP_TIMEOUT = 30.0
 LOG_CHUNK_MAX = 1 << 20
 
 
+class Launcher(Protocol):
+    """Starts QEMU some other way than `-daemonize` (kasou/isolation/sandbox.py: as an
+    unprivileged user under seccomp); writes the pidfile and returns QEMU's pid once up."""
+
+    async def launch(self, rec: VMRecord, plan: LaunchPlan, argv: list[str]) -> int: ...
+
+
 class VMService:
     def __init__(self, layout: Layout, store: Store, host: HostInfo,
                  capacity: HostCapacity, images_root: Path | None = None,
-                 hooks: Sequence[VMHook] = ()) -> None:
+                 hooks: Sequence[VMHook] = (), launcher: Launcher | None = None) -> None:
         self.layout = layout
         self.hooks = list(hooks)
+        self.launcher = launcher    # None: QEMU daemonizes itself (process.launch)
         self.store = store
         self.host = host
         self.capacity = capacity
@@ -142,7 +150,18 @@ class VMService:
             except BaseException:
                 shutil.rmtree(run_dir, ignore_errors=True)
                 raise
+        await self._created(rec, run_dir)
         return self._view(rec)
+
+    async def _created(self, rec: VMRecord, run_dir: Path) -> None:
+        """Each area makes what the new VM owns (e.g. a disk cloned from a template) under
+        the VM's lock, so a start cannot slip in first; a failure undoes the VM too."""
+        async with self._locks[rec.id], Reverter() as revert:
+            revert.add(lambda: shutil.rmtree(run_dir, ignore_errors=True))
+            revert.add(lambda: self.store.delete_vm(rec.id))
+            for hook in self.hooks:
+                await hook.created(rec, revert)
+            revert.success()
 
     async def delete(self, ref: str, project: str = DEFAULT_PROJECT) -> None:
         rec = self.store.get_vm(ref, project)
@@ -197,7 +216,10 @@ class VMService:
                 await hook.prepare(rec, plan, revert)
             argv = build_argv(plan)
             revert.add(lambda: self._kill_from_pidfile(run_dir))
-            pid = await process.launch(argv, Path(plan.paths.pidfile))
+            if self.launcher is not None:
+                pid = await self.launcher.launch(rec, plan, argv)
+            else:
+                pid = await process.launch(argv, Path(plan.paths.pidfile))
             rt = Runtime(vm_id=rec.id, pid=pid, proc_start=process.proc_start_time(pid) or 0,
                          argv=argv, qmp=plan.paths.qmp, console=plan.paths.console,
                          serial_log=plan.paths.serial_log, accel=plan.accel,
@@ -235,6 +257,7 @@ class VMService:
             check(rec.name, rec.state, "stop")
             sup = self._sup(rec)
             self._set(rec.id, S.STOPPING, None)
+            sup.exit_requested = True
             graceful = not force and sup.rt.graceful_stop
             if graceful:
                 if rec.state == S.PAUSED:
@@ -316,10 +339,25 @@ class VMService:
                 log.exception("%s cleanup after %s exited failed", hook.name, rec.name)
         if rec.state == S.CRASHED:
             return
-        if rec.state == S.STARTING:
-            return   # the start in progress rolls back and sets the state itself
-        self._set(vm_id, S.STOPPED if info.clean else S.CRASHED,
-                  None if info.clean and rec.state == S.STOPPING else info.reason)
+        if rec.state in (S.STARTING, S.SUSPENDING):
+            return   # the start or suspend in progress sets the state itself
+        self._set(vm_id, S.STOPPED if info.clean else S.CRASHED, info.reason)
+
+    # -- for areas that act on a VM (storage: snapshots, suspend, hotplug) -----------------
+    def lock(self, vm_id: str) -> asyncio.Lock:
+        """The VM's one lock: hold it for any operation that changes the VM."""
+        return self._locks[vm_id]
+
+    def supervisor(self, rec: VMRecord) -> Supervisor:
+        """The live VM's supervisor (its QMP connection); InvalidState if it has none."""
+        return self._sup(rec)
+
+    async def end_process(self, rec: VMRecord) -> None:
+        """End a live VM's QEMU now (quit, then SIGKILL) and wait until it is gone."""
+        await self._force_exit(self._sup(rec))
+
+    def set_state(self, vm_id: str, state: VMState, reason: str | None = None) -> None:
+        self._set(vm_id, state, reason)
 
     # -- helpers ---------------------------------------------------------------------------
     def _sup(self, rec: VMRecord) -> Supervisor:

@@ -62,6 +62,19 @@ CASES: dict[str, LaunchPlan] = {
         DiskPlan("/var/lib/kasou/vms/vm-1/root.qcow2"),
         DiskPlan("/var/lib/kasou/vms/vm-1/seed.iso", format="raw", media="cdrom"),
     )),
+    # the debian image: its overlay, the cloud-init seed, the guest agent's channel
+    "pc-debian-seed-agent": _kernel(
+        paths=dataclasses.replace(_paths("vm-1"), agent="/var/lib/kasou/vms/vm-1/qga.sock"),
+        nics=(NicPlan("52:54:00:00:00:04", forwards=("tcp:127.0.0.1:2222-:22",)),),
+        disks=(DiskPlan("/var/lib/kasou/vms/vm-1/root.qcow2"),
+               DiskPlan("/var/lib/kasou/vms/vm-1/seed.iso", format="raw", readonly=True,
+                        media="cdrom"))),
+    "microvm-agent": _kernel(
+        machine="microvm", tsc_khz=2445406,
+        paths=dataclasses.replace(_paths("vm-1"), agent="/var/lib/kasou/vms/vm-1/qga.sock")),
+    # a desktop: VGA plus a VNC server without a listener (kasou/console)
+    "pc-display-vnc": _plan(
+        kernel=KERNEL, initrd=INITRD, cmdline="console=tty0 console=ttyS0 quiet", display=True),
 }
 
 
@@ -176,9 +189,15 @@ def test_virtio_transport_follows_machine() -> None:
 
 def test_display_none_always_and_vga_only_with_display() -> None:
     assert argv.display_args(_plan()) == ["-display", "none"]
-    assert argv.display_args(_plan(display=True))[-1] == "VGA,id=video0"
+    assert "VGA,id=video0" in argv.display_args(_plan(display=True))
     with pytest.raises(InvalidSpec, match="microvm"):
         argv.display_args(_plan(machine="microvm", display=True))
+
+
+def test_vnc_listens_nowhere_and_only_with_display() -> None:
+    assert "-vnc" not in argv.display_args(_plan())
+    args = argv.display_args(_plan(display=True))
+    assert args[args.index("-vnc") + 1] == "none"     # viewers come in over QMP add_client
 
 
 def test_accel_and_cpu() -> None:

@@ -1,0 +1,31 @@
+"""Desktop bits of the CLI: the browser console URL for `kasou vm console --web`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from urllib.parse import quote
+
+from kasou.cli.client import Client
+from kasou.cli.common import call
+
+DISPLAY_HELP = "A screen: VGA + VNC on a Unix socket, seen in a browser (machine pc)."
+WEB_HELP = "Print a browser URL for the VM's screen (valid about a minute) instead of attaching."
+BASE_HELP = "The daemon's address as the browser reaches it (default: KASOU_URL)."
+
+
+def console_url(grant: dict[str, object], base: str) -> str:
+    """The dashboard's console page for a grant; the token rides in the fragment, which
+    browsers never send to servers, so it stays out of logs and proxies."""
+    name = quote(str(grant["vm"]), safe="")
+    return f"{base.rstrip('/')}/ui/console.html?vm={name}#token={grant['token']}"
+
+
+def print_web_console(name: str, base: str | None) -> None:
+    grant = call(Client().post, f"/vms/{name}/console-token")
+    base = base or os.environ.get("KASOU_URL")
+    if not base:
+        sys.stderr.write("note: the daemon is reached over its Unix socket here; start it "
+                         "with --listen tcp:HOST:PORT and pass --base http(s)://HOST:PORT\n")
+        base = "http://HOST:PORT"
+    sys.stdout.write(console_url(grant, base) + "\n")
