@@ -172,7 +172,7 @@ def test_quota_exceeded_by_one(world: World) -> None:
     assert r.status_code == 403 and r.json()["error"] == "quota_exceeded"
     assert "memory_mib: 512 used + 16 asked > 512 allowed" in r.json()["message"]
     show = world.client.get("/api/v1/projects/alpha", headers=world.as_("owner")).json()
-    assert show["usage"] == {"vms": 2, "vcpus": 2, "memory_mib": 512}
+    assert show["usage"] == {"vms": 2, "vcpus": 2, "memory_mib": 512, "forwards": 0}
 
 
 def test_racing_creates_for_the_last_quota_unit(world: World) -> None:
@@ -240,3 +240,17 @@ def test_audit_records_changes_and_refusals_and_detects_edits(world: World) -> N
     db.commit()
     bad = world.client.get("/api/v1/audit/verify", headers=world.as_("admin")).json()
     assert bad["ok"] is False and bad["first_bad_seq"] == 1
+
+
+def test_public_forwards_count_against_the_quota(world: World) -> None:
+    from kasou.tenancy.hook import public_forwards
+
+    assert public_forwards(["2222:22", "127.0.0.1:8080:80", "0.0.0.0:8443:443/tcp",
+                            "[::]:53:53/udp"]) == 2
+    world.tenancy.set_quota("alpha", Quota(forwards=1))
+    assert world.vm("f1", "alpha", forwards=["0.0.0.0:18080:80"]) == 201
+    assert world.vm("f2", "alpha", forwards=["2223:22"]) == 201        # loopback: not public
+    r = world.client.post("/api/v1/vms", json={"name": "f3", "kernel": world.kernel,
+                                               "forwards": ["0.0.0.0:18081:80"]},
+                          params={"project": "alpha"}, headers=world.as_("member"))
+    assert r.status_code == 403 and "forwards: 1 used + 1 asked > 1" in r.json()["message"]
