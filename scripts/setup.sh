@@ -25,7 +25,7 @@ start_vm() {  # name, create args...
   esac
 }
 start_vm demo-linux --image tiny --memory 256M
-start_vm demo-memtest --image memtest --memory 256M
+start_vm demo-memtest --image memtest --memory 128M   # memtest benchmarks RAM first: more RAM, later banner
 
 kasou vm list
 cat <<TXT

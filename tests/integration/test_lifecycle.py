@@ -47,7 +47,7 @@ def guest_uptime(vm: dict[str, object]) -> float:
 def test_four_vms_of_two_operating_systems_run_at_once(kasou: Kasou) -> None:
     for name in ("lin1", "lin2", "lin3"):
         kasou.run("vm", "create", name, "--image", "tiny")
-    kasou.run("vm", "create", "mem1", "--image", "memtest")
+    kasou.run("vm", "create", "mem1", "--image", "memtest", "--memory", "128M")
     for name in ("lin1", "lin2", "lin3", "mem1"):
         kasou.run("vm", "start", name)
     vms = {v["name"]: v for v in kasou.json("vm", "list")}
