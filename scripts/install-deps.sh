@@ -12,6 +12,8 @@ PKGS+=(nftables dnsmasq-base iproute2)
 # isolation/metrics: promtool checks /metrics in the tests; setfacl shares a kernel file
 # others may not read with a sandboxed QEMU
 PKGS+=(prometheus acl)
+# desktop: the dashboard's end-to-end test drives Debian's headless Chromium (Playwright)
+PKGS+=(chromium chromium-driver)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

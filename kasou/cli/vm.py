@@ -55,7 +55,7 @@ def vm_create(
     cmdline: str | None = typer.Option(None, help="Kernel command line."),
     disk: list[str] = typer.Option([], help="A disk image (repeatable); never deleted by kasou."),
     iso: str | None = typer.Option(None, help="An ISO to boot from."),
-    forward: list[str] = typer.Option([], help="[ADDR:]HOSTPORT:GUESTPORT[/tcp|udp] on the "
+    forward: list[str] = typer.Option([], help="\\[ADDR:]HOSTPORT:GUESTPORT\\[/tcp|udp] on the "
                                       "user-mode NIC (repeatable; ADDR 127.0.0.1)."),
     network: list[str] = typer.Option([], help="A NIC on this host network (repeatable)."),
     ip: list[str] = typer.Option([], help="Reserve this address for the --network NIC."),

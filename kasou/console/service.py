@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import uuid
@@ -57,7 +56,7 @@ class ConsoleService:
         qmp = self.vms.supervisor(rec).qmp
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # One fd in flight per VM: QEMU attaches a passed fd to the next getfd.
+            # One fd in flight per VM: QEMU attaches a passed fd to the next command.
             async with self._passing[rec.id]:
                 await add_vnc_client(qmp, theirs.fileno(), f"vnc-{uuid.uuid4().hex[:8]}")
         except BaseException:
@@ -72,14 +71,16 @@ class ConsoleService:
         """The VM's screen as QEMU sees it (QMP screendump), as PNG or PPM bytes."""
         rec = self.store.get_vm(ref, project)
         self._check_reachable(rec)
-        # QEMU writes the file itself (as the VM's user when sandboxed): into its run dir.
+        qmp = self.vms.supervisor(rec).qmp
         path = self.layout.vm_dir(rec.id) / f"screen-{uuid.uuid4().hex[:8]}.{fmt}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            await screendump(self.vms.supervisor(rec).qmp, str(path), fmt)
+            async with self._passing[rec.id]:
+                await screendump(qmp, fd, fmt)
             return path.read_bytes()
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            os.close(fd)
+            path.unlink()
 
     @staticmethod
     def _check_reachable(rec: VMRecord) -> None:

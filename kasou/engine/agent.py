@@ -89,11 +89,9 @@ def _socket_of(rt: Runtime) -> Path:
 class AgentSession:
     """One conversation with the agent, already in sync. Get one from `session()`."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 where: str) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
-        self._where = where
 
     async def sync(self, timeout: float) -> None:
         """Reset the agent's parser and skip whatever an earlier client left unread."""
@@ -103,18 +101,19 @@ class AgentSession:
         try:
             await asyncio.wait_for(self._await_sync(token), timeout)
         except TimeoutError:
-            raise AgentUnavailable(f"no guest agent answers on {self._where} within "
-                                   f"{timeout:g} s: the guest has no qemu-guest-agent, or it "
-                                   "is not running (yet)") from None
+            raise AgentUnavailable(f"no guest agent answers in this VM within {timeout:g} s: "
+                                   "the guest has no qemu-guest-agent, or it is not running "
+                                   "(yet)") from None
         except (OSError, EOFError, asyncio.IncompleteReadError) as e:
-            raise AgentUnavailable(f"the guest agent channel {self._where} closed: {e}") from e
+            raise AgentUnavailable(f"the guest agent channel closed: {e}") from e
 
     async def _await_sync(self, token: int) -> None:
         while True:
             await self._reader.readuntil(_DELIMITER)
             line = await self._reader.readline()
             with contextlib.suppress(ValueError):
-                if json.loads(line).get("return") == token:
+                message = json.loads(line)
+                if isinstance(message, dict) and message.get("return") == token:
                     return
 
     async def call(self, command: str, args: dict[str, Any] | None = None,
@@ -125,7 +124,7 @@ class AgentSession:
             request["arguments"] = args
         self._writer.write(json.dumps(request).encode() + b"\n")
         try:
-            reply = await asyncio.wait_for(self._reply(), timeout)
+            reply = await asyncio.wait_for(self._reply(command), timeout)
         except TimeoutError:
             raise AgentFailure(f"guest agent: {command} got no answer within {timeout:g} s"
                                ) from None
@@ -138,14 +137,15 @@ class AgentSession:
             raise AgentFailure(f"guest agent: {command} failed: {desc}")
         return reply.get("return")
 
-    async def _reply(self) -> dict[str, Any]:
+    async def _reply(self, command: str) -> dict[str, Any]:
         while True:
             line = await self._reader.readline()
             if not line:
                 raise EOFError("the agent closed the channel")
             message = json.loads(line.lstrip(_DELIMITER))
-            # Asynchronous events and stray replies carry no "return"/"error" of ours.
-            if isinstance(message, dict) and ("return" in message or "error" in message):
+            # The agent echoes our id; anything else (no return/error) is not our reply.
+            if isinstance(message, dict) and ("return" in message or "error" in message) \
+                    and message.get("id", command) == command:
                 return message
 
     async def close(self) -> None:
@@ -161,15 +161,14 @@ async def session(socket_path: Path, sync_timeout: float = SYNC_TIMEOUT
     where = str(socket_path)
     async with _lock(where):
         if not socket_path.exists():
-            raise AgentUnavailable(f"this VM has no guest agent channel ({where} does not "
-                                   "exist; is the VM running?)")
+            raise AgentUnavailable("this VM has no guest agent channel (is it running?)")
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(where, limit=_READ_LIMIT), sync_timeout)
         except (OSError, TimeoutError) as e:
-            raise AgentUnavailable(f"cannot connect to the guest agent channel {where}: "
-                                   f"{e}") from e
-        agent = AgentSession(reader, writer, where)
+            raise AgentUnavailable(f"cannot connect to the guest agent channel: "
+                                   f"{getattr(e, 'strerror', None) or e}") from e
+        agent = AgentSession(reader, writer)
         try:
             await agent.sync(sync_timeout)
             yield agent

@@ -79,9 +79,19 @@ async def quit_(qmp: QMPClient) -> None:
 
 
 
-async def screendump(qmp: QMPClient, filename: str, fmt: str = "png") -> None:
-    """Write the VM's screen to `filename` (QEMU ≥ 7.1 knows format png as well as ppm)."""
-    await _execute(qmp, "screendump", {"filename": filename, "format": fmt})
+async def screendump(qmp: QMPClient, fd: int, fmt: str = "png") -> None:
+    """Write the VM's screen into `fd` (opened O_WRONLY: QEMU matches the access mode) as
+    png or ppm. The fd goes in through an fd set: a sandboxed QEMU may not open files."""
+    try:
+        qmp.send_fd_scm(fd)
+    except (QMPError, OSError) as e:
+        raise QMPFailure(f"passing a file to QEMU failed: {e}") from e
+    added = await _execute(qmp, "add-fd", {"opaque": "kasou-screendump"})
+    fdset = int(added["fdset-id"])
+    try:
+        await _execute(qmp, "screendump", {"filename": f"/dev/fdset/{fdset}", "format": fmt})
+    finally:
+        await _execute(qmp, "remove-fd", {"fdset-id": fdset})
 
 
 async def add_vnc_client(qmp: QMPClient, fd: int, fdname: str) -> None:

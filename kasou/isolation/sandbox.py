@@ -548,11 +548,17 @@ async def pass_file(qmp: QMPClient, path: str, *, writable: bool) -> str:
     """Open `path` as root and give the descriptor to QEMU (QMP add-fd, SCM_RIGHTS); returns
     the '/dev/fdset/N' name to use in blockdev-add. For hot-plugging into a sandboxed VM,
     which cannot open host paths itself."""
-    flags = os.O_RDWR if writable else os.O_RDONLY
-    fd = os.open(path, flags | os.O_CLOEXEC)
-    try:
-        qmp.send_fd_scm(fd)
-        reply = await _execute(qmp, "add-fd", {"opaque": os.path.basename(path)})
-    finally:
-        os.close(fd)
-    return f"/dev/fdset/{int(reply['fdset-id'])}"
+    set_id: int | None = None
+    # As at launch, a writable image's set also holds a read-only member for reopens.
+    for flags in [os.O_RDONLY] + ([os.O_RDWR] if writable else []):
+        fd = os.open(path, flags | os.O_CLOEXEC)
+        try:
+            qmp.send_fd_scm(fd)
+            args: dict[str, Any] = {"opaque": os.path.basename(path)}
+            if set_id is not None:
+                args["fdset-id"] = set_id
+            reply = await _execute(qmp, "add-fd", args)
+        finally:
+            os.close(fd)
+        set_id = int(reply["fdset-id"])
+    return f"/dev/fdset/{set_id}"

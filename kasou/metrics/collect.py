@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from kasou.engine import balloon
+from kasou.engine.balloon import GuestMemory
 from kasou.host.ksm import ksm_info
 from kasou.isolation.sandbox import split_opts
 from kasou.metrics.series import UNKNOWN, Sample
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-QMP_TIMEOUT = 2.0
 
 
 @dataclass
@@ -34,6 +34,11 @@ class LiveVM:
     pid: int
     qmp: Any                   # qemu.qmp QMPClient
     taps: tuple[str, ...] = ()
+    # Memory figures change slowly and cost two QMP calls: refreshed every few rounds only
+    # (see sample_vm); the last answers are kept here.
+    balloon_bytes: int | None = None
+    guest: GuestMemory | None = None
+    memory_asked: bool = False
 
 
 def tap_names(argv: list[str]) -> tuple[str, ...]:
@@ -84,22 +89,33 @@ def tap_counters(taps: tuple[str, ...]) -> tuple[int, int, int, int]:
 
 async def _qmp(coro: Any) -> Any:
     try:
-        return await asyncio.wait_for(coro, QMP_TIMEOUT)
-    except Exception:   # a busy, paused or dying QEMU: that figure is unknown this time
+        return await coro
+    except Exception:   # a dying QEMU or a refused command: that figure is unknown this time
         return None
 
 
-async def sample_vm(vm: LiveVM, now_ms: int) -> Sample:
-    actual, guest, blocks = await asyncio.gather(
-        _qmp(balloon.actual(vm.qmp)), _qmp(balloon.guest_stats(vm.qmp)),
-        _qmp(balloon.blockstats(vm.qmp)))
-    g = guest if isinstance(guest, balloon.GuestMemory) and guest.last_update else None
-    b = blocks if isinstance(blocks, balloon.BlockTotals) else None
+async def sample_vm(vm: LiveVM, now_ms: int, memory: bool = True) -> Sample:
+    """One sample. Block counters come from QMP every time; the balloon and guest memory
+    figures only when `memory` is set (the sampler asks for them every ≈ 10 s): at 20 VMs
+    every 2 s, each QMP call costs the daemon ≈ 0.3 ms of CPU, and three per VM per round
+    measured 1.5% of a core where the target is 1%."""
+    calls = [_qmp(balloon.blockstats(vm.qmp))]
+    if memory:
+        calls += [_qmp(balloon.actual(vm.qmp)), _qmp(balloon.guest_stats(vm.qmp))]
+    replies = await asyncio.gather(*calls)
+    b = replies[0] if isinstance(replies[0], balloon.BlockTotals) else None
+    if memory:
+        vm.memory_asked = True
+        vm.balloon_bytes = replies[1] if isinstance(replies[1], int) else None
+        guest = replies[2]
+        vm.guest = guest if isinstance(guest, balloon.GuestMemory) and guest.last_update \
+            else None
+    g = vm.guest
 
     def known(v: int | None) -> int:
         return UNKNOWN if v is None else v
 
-    return (now_ms, proc_cpu_ns(vm.pid), proc_rss_bytes(vm.pid), known(actual),
+    return (now_ms, proc_cpu_ns(vm.pid), proc_rss_bytes(vm.pid), known(vm.balloon_bytes),
             known(g.total if g else None), known(g.free if g else None),
             known(g.available if g else None),
             b.rd_bytes if b else UNKNOWN, b.wr_bytes if b else UNKNOWN,

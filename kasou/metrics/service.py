@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import time
+import zlib
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
@@ -38,6 +39,7 @@ HOST_SERIES = "@host"
 VM_KINDS = tuple(kind for _, kind in VM_FIELDS)
 HOST_KINDS = tuple(kind for _, kind in HOST_FIELDS)
 FLUSH_EVERY_S = 60.0
+MEMORY_EVERY_S = 10.0
 PRUNE_EVERY_S = 3600.0
 MIB = 1 << 20
 
@@ -145,6 +147,12 @@ def _summary(points: list[Point]) -> dict[str, float | None]:
     }
 
 
+def _retrieve(task: asyncio.Task[Sample]) -> None:
+    """A late sample's error is not worth a 'never retrieved' warning: it is dropped."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _avg(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 1) if values else None
 
@@ -156,6 +164,10 @@ class MetricsService:
         self.recorder = Recorder(store)
         self.live: dict[str, LiveVM] = {}
         self.latest: dict[str, tuple[Sample | None, Sample]] = {}
+        self._inflight: dict[str, asyncio.Task[Sample]] = {}
+        self._round = 0
+        # Balloon and guest memory are asked for about every MEMORY_EVERY_S seconds.
+        self.memory_every = max(1, round(MEMORY_EVERY_S / interval))
         self._task: asyncio.Task[None] | None = None
 
     # -- which VMs run -----------------------------------------------------------------------
@@ -166,6 +178,7 @@ class MetricsService:
     def untrack(self, vm_id: str) -> None:
         self.live.pop(vm_id, None)
         self.latest.pop(vm_id, None)
+        self._inflight.pop(vm_id, None)
 
     def forget(self, vm_id: str) -> None:
         self.untrack(vm_id)
@@ -204,13 +217,28 @@ class MetricsService:
             await asyncio.sleep(max(0.0, t0 + ticks * self.interval - time.monotonic()))
 
     async def sample_once(self) -> None:
+        """Sample every VM at once. A VM whose QEMU has not answered the previous round is
+        skipped this round; an answer later than the round is dropped. Nothing is cancelled:
+        a cancelled QMP command's late reply only makes noise in qemu.qmp's log."""
         now_ms = int(time.time() * 1000)
-        vms = list(self.live.values())
-        samples = await asyncio.gather(*(sample_vm(vm, now_ms) for vm in vms))
-        for vm, sample in zip(vms, samples, strict=True):
-            if vm.id not in self.live:
-                continue       # stopped while we sampled
-            self._keep(vm.id, vm.project, sample, VM_KINDS)
+        self._round += 1
+        tasks: dict[str, tuple[LiveVM, asyncio.Task[Sample]]] = {}
+        for vm in list(self.live.values()):
+            busy = self._inflight.get(vm.id)
+            if busy is not None and not busy.done():
+                continue
+            # Memory figures every `memory_every` rounds, staggered across VMs.
+            memory = not vm.memory_asked or (self._round + zlib.crc32(vm.id.encode())) \
+                % self.memory_every == 0
+            task = asyncio.create_task(sample_vm(vm, now_ms, memory))
+            task.add_done_callback(_retrieve)
+            self._inflight[vm.id] = task
+            tasks[vm.id] = (vm, task)
+        if tasks:
+            await asyncio.wait([t for _, t in tasks.values()], timeout=self.interval * 0.8)
+        for vm_id, (vm, task) in tasks.items():
+            if task.done() and task.exception() is None and vm_id in self.live:
+                self._keep(vm_id, vm.project, task.result(), VM_KINDS)
         self._keep(HOST_SERIES, "", host_sample(now_ms, len(self.live)), HOST_KINDS)
 
     def _keep(self, series: str, project: str, sample: Sample, kinds: tuple[str, ...]) -> None:
@@ -266,7 +294,8 @@ class MetricsHook(VMHook):
         self.svc.track(rec, rt, qmp)
         # QEMU asks the guest's balloon driver for its memory figures only when told to.
         with contextlib.suppress(KasouError):
-            await balloon.set_stats_interval(qmp, max(1, round(self.svc.interval)))
+            await balloon.set_stats_interval(
+                qmp, max(1, round(self.svc.interval * self.svc.memory_every)))
 
     async def started(self, rec: VMRecord, rt: Runtime, qmp: QMPClient,
                       revert: Reverter) -> None:

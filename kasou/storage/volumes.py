@@ -21,7 +21,7 @@ from kasou.paths import check_name
 from kasou.service.revert import Reverter
 from kasou.state import VMState
 from kasou.storage import qemu_img
-from kasou.storage.argv import format_node
+from kasou.storage.argv import node
 from kasou.storage.core import StorageCore, new_id
 from kasou.storage.models import Format, Pool, Progress, Volume
 from kasou.storage.views import VolumeView
@@ -158,7 +158,8 @@ class Volumes:
                                "stop it to shrink", field="size")
             if size != vol.size:
                 sup = self.core.vms.supervisor(rec)
-                await qmp_storage.block_resize(sup.qmp, format_node(slot), size)
+                # The top (throttle) node: resizing under it would not tell the guest.
+                await qmp_storage.block_resize(sup.qmp, node(slot), size)
                 vol = await self._resized(vol)
         return self.core.view(vol)
 

@@ -173,6 +173,10 @@ def test_clone_hotplug_and_io_limits(kasou: Kasou, tmp_path: Path) -> None:
     dev = sh(vm, f"for d in /sys/block/vd*; do grep -q {disk['serial']} $d/serial && "
                  "basename $d; done")
     assert dev == "vdb"
+    # grown while the guest runs: the guest sees the new size
+    assert kasou.json("volume", "resize", "extra", "96M")["size"] == 96 * MiB
+    wait_for(lambda: sh(vm, "cat /sys/block/vdb/size") == str(96 * MiB // 512), 30,
+             "the guest to see the grown disk")
 
     kasou.run("vm", "disk", "limit", "hot", "extra", "--bps", "1M")
     limited = _read_rate(vm, dev, skip_mib=0)
@@ -211,3 +215,8 @@ def test_storage_errors_on_the_command_line(kasou: Kasou, tmp_path: Path) -> Non
                                  "microvm")
     assert kasou.json("volume", "list") == before
     assert json.loads(kasou.run("vm", "list", "--json").stdout)[0]["name"] == "user"
+
+    image = tmp_path / "good.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "32M"], check=True)
+    imported = kasou.json("volume", "import", "good", str(image), "--template")
+    assert imported["state"] == "ready" and imported["template"] and imported["size"] == 32 * MiB

@@ -104,5 +104,5 @@ async def _pipe(ws: WebSocket, reader: asyncio.StreamReader,
                                      RuntimeError):
                 await t
         writer.close()
-        with contextlib.suppress(OSError, RuntimeError):
+        with contextlib.suppress(OSError, RuntimeError, WebSocketDisconnect):
             await ws.close()
