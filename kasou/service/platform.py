@@ -98,6 +98,9 @@ def build_platform(layout: Layout, settings: Settings) -> Platform:
     platform = Platform(layout=layout, store=store, vms=vms, tenancy=tenancy)
     # Each area appends its router (and background tasks) to the platform here.
     storage.bind(vms)
+    storage.core.store.quota_gate = tenancy.check_quota
+    tenancy.usage.register(storage.core.store.usage)
+    tenancy.holdings.append(lambda project: len(storage.core.store.volumes(project)))
     platform.routers.append(storage_routes.router(storage))
     isolation.join(platform)
     metrics_setup.join(metrics, platform)

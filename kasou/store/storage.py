@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -54,12 +54,31 @@ CREATE TABLE IF NOT EXISTS pending_restores (
 """
 
 
+QuotaGate = Callable[[str, dict[str, int]], None]
+
+
 class StorageStore:
     def __init__(self, store: SQLiteStore) -> None:
         self._db = store._db
         self._lock = store._lock
+        # Set by the platform to the project quota check; called under the store lock right
+        # before a write that adds bytes or snapshots, so check and write are one step.
+        self.quota_gate: QuotaGate | None = None
         with self._lock:
             self._db.executescript(_SCHEMA)
+
+    def _charge(self, project: str, add: dict[str, int]) -> None:
+        if self.quota_gate is not None and any(v > 0 for v in add.values()):
+            self.quota_gate(project, add)
+
+    def usage(self, project: str) -> dict[str, int]:
+        """What this project's storage counts against its quota."""
+        with self._lock:
+            size = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM volumes "
+                                    "WHERE project = ?", (project,)).fetchone()[0]
+            snaps = self._db.execute("SELECT COUNT(*) FROM vm_snapshots WHERE project = ?",
+                                     (project,)).fetchone()[0]
+        return {"disk_bytes": int(size), "snapshots": int(snaps)}
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -119,6 +138,11 @@ class StorageStore:
 
     # -- volumes -------------------------------------------------------------------------
     def add_volume(self, vol: Volume) -> None:
+        with self._lock:
+            self._charge(vol.project, {"disk_bytes": vol.size})
+            self._add_volume(vol)
+
+    def _add_volume(self, vol: Volume) -> None:
         self._write("INSERT INTO volumes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (vol.id, vol.project, vol.name, vol.pool_id, vol.path, vol.format,
                      vol.size, int(vol.template), vol.backing_id, vol.owner_vm, vol.state,
@@ -127,6 +151,10 @@ class StorageStore:
 
     def update_volume(self, vol: Volume) -> None:
         with self._lock:
+            old = self._db.execute("SELECT size FROM volumes WHERE id = ?",
+                                   (vol.id,)).fetchone()
+            if old is not None:
+                self._charge(vol.project, {"disk_bytes": vol.size - int(old["size"])})
             self._db.execute(
                 "UPDATE volumes SET format = ?, size = ?, template = ?, state = ?, path = ?, "
                 "owner_vm = ? WHERE id = ?",
@@ -199,6 +227,11 @@ class StorageStore:
 
     # -- snapshots -----------------------------------------------------------------------
     def add_snapshot(self, snap: Snapshot) -> None:
+        with self._lock:
+            self._charge(snap.project, {"snapshots": 1})
+            self._add_snapshot(snap)
+
+    def _add_snapshot(self, snap: Snapshot) -> None:
         self._write("INSERT INTO vm_snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (snap.id, snap.project, snap.vm_id, snap.name, snap.kind,
                      json.dumps(snap.volumes), snap.vmstate_volume, snap.vm_state,
