@@ -14,7 +14,7 @@ from kasou.cloudinit import userdata
 from kasou.errors import InvalidSpec
 from kasou.isolation.limits import Limits
 from kasou.network.spec import NicSpec, check_forwards, check_nics
-from kasou.paths import NAME_PATTERN, check_name
+from kasou.paths import Name, check_name
 from kasou.units import parse_size
 
 MIN_MEMORY_MIB = 16
@@ -39,7 +39,7 @@ class VMSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(json_schema_extra={"pattern": NAME_PATTERN})
+    name: Name
     image: str | None = None
     vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS_HARD)
     memory: MemoryMiB = 256
@@ -83,13 +83,6 @@ class VMSpec(BaseModel):
     def _nics(cls, v: list[NicSpec]) -> list[NicSpec]:
         return check_nics(v)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return check_name(v)
-        except InvalidSpec as e:
-            raise ValueError(e.message) from None
 
     @field_validator("image")
     @classmethod

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kasou.errors import InvalidSpec
-from kasou.paths import check_name
+from kasou.paths import Name, check_name
 
 MAX_NICS = 8
 # Linux interface names are at most 15 bytes; the bridge is named after the network.
@@ -146,7 +146,7 @@ def check_nics(nics: list[NicSpec]) -> list[NicSpec]:
 class NetworkSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: Name
     subnet: str
     mode: Literal["nat", "isolated"] = "nat"
 
@@ -230,17 +230,10 @@ def port_range(text: str) -> tuple[int, int]:
 class SecGroupSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: Name
     description: str = ""
     rules: list[RuleSpec] = Field(default_factory=list)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return check_name(v)
-        except InvalidSpec as e:
-            raise ValueError(e.message) from None
 
     @field_validator("description")
     @classmethod

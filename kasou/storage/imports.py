@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from kasou.errors import Forbidden, InvalidSpec
-from kasou.paths import check_name
+from kasou.paths import Name
 from kasou.service.revert import Reverter
 from kasou.storage import fetch, qemu_img, sniff
 from kasou.storage.core import StorageCore
@@ -36,20 +36,13 @@ CHECKABLE = ("qcow2", "vmdk", "vdi", "vhdx")
 class ImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: Name
     source: str                     # http(s) URL, or an absolute path on the daemon's host
     sha256: str | None = None
     format: Format | None = None    # default: qcow2 stays qcow2, raw stays raw, others qcow2
     pool: str | None = None
     template: bool = False
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return check_name(v)
-        except InvalidSpec as e:
-            raise ValueError(e.message) from None
 
     @field_validator("sha256")
     @classmethod

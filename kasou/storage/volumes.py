@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
 
 from kasou.engine import qmp_storage
 from kasou.errors import Conflict, InvalidSpec
-from kasou.paths import check_name
+from kasou.paths import Name, check_name
 from kasou.service.revert import Reverter
 from kasou.state import VMState
 from kasou.storage import qemu_img
@@ -50,18 +50,11 @@ def parse_bytes(value: int | str, field: str = "size") -> int:
 class VolumeCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: Name
     size: int | str
     format: Format = "qcow2"
     pool: str | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return check_name(v)
-        except InvalidSpec as e:
-            raise ValueError(e.message) from None
 
 
 def new_volume(pool: Pool, project: str, name: str, path: Path, fmt: Format, size: int,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from kasou.errors import InvalidSpec
-from kasou.paths import NAME_PATTERN, check_name
+from kasou.paths import Name
 
 
 class Role(StrEnum):
@@ -37,17 +36,10 @@ QUOTA_FIELDS = tuple(Quota.model_fields)
 class ProjectSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(json_schema_extra={"pattern": NAME_PATTERN})
+    name: Name
     description: str = Field(default="", max_length=500)
     quota: Quota = Field(default_factory=Quota)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return check_name(v)
-        except InvalidSpec as e:
-            raise ValueError(e.message) from None
 
 
 class Project(ProjectSpec):
@@ -57,16 +49,9 @@ class Project(ProjectSpec):
 class UserSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(json_schema_extra={"pattern": NAME_PATTERN})
+    name: Name
     admin: bool = False
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return check_name(v)
-        except InvalidSpec as e:
-            raise ValueError(e.message) from None
 
 
 class User(UserSpec):
