@@ -86,7 +86,7 @@ def _wait(pred: Any, timeout: float) -> None:
     raise TimeoutError("benchmark step timed out")
 
 
-def _measure(home: Path, base: str, env: dict[str, str]) -> dict[str, Any]:
+def _measure(home: Path, base: str, env: dict[str, str], daemon_pid: int) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     token = (home / "api.token").read_text().strip()
@@ -94,8 +94,6 @@ def _measure(home: Path, base: str, env: dict[str, str]) -> dict[str, Any]:
     log = next((home / "vms").glob("*/serial.log"))
     _wait(lambda: "KASOU READY desk" in log.read_text(errors="replace"), 180)
     qemu_pid = int(next((home / "vms").glob("*/pid")).read_text())
-    daemon_pid = int((home / "kasoud.pid").read_text()) if (home / "kasoud.pid").exists() \
-        else 0
     out: dict[str, Any] = {"first_frame_ms": []}
     with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
         ctx = pw.chromium.launch_persistent_context(
@@ -118,7 +116,7 @@ def _measure(home: Path, base: str, env: dict[str, str]) -> dict[str, Any]:
         page.keyboard.type("yes kasou-scrolling-0123456789", delay=60)
         page.keyboard.press("Enter")
         time.sleep(2)      # let the scrolling start before the window opens
-        cpu0 = {p: _cpu_s(p) for p in (daemon_pid, qemu_pid) if p}
+        cpu0 = {p: _cpu_s(p) for p in (daemon_pid, qemu_pid)}
         t0 = time.monotonic()
         changes, ticks = page.evaluate(COUNT_FRAMES, SCROLL_S)
         wall = time.monotonic() - t0
@@ -144,9 +142,7 @@ def run() -> str:
                                   start_new_session=True)
         try:
             _wait(lambda: (home / "api.token").exists() and (home / "kasou.sock").exists(), 60)
-            time.sleep(0.5)
-            (home / "kasoud.pid").write_text(f"{daemon.pid}\n")
-            r = _measure(home, base, env)
+            r = _measure(home, base, env, daemon.pid)
         finally:
             with contextlib.suppress(Exception):
                 _kasou(env, "vm", "kill", "desk")

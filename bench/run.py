@@ -31,6 +31,7 @@ from kasou.images.registry import build_image  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 import debian_boot as bench_debian  # noqa: E402
+import desktop as bench_desktop  # noqa: E402
 import isolation as bench_isolation  # noqa: E402
 import network as bench_network  # noqa: E402
 import storage as bench_storage  # noqa: E402
@@ -230,6 +231,7 @@ def main() -> None:
     report += "\n" + bench_debian.run()
     report += "\n" + bench_tenancy.run()
     report += "\n" + bench_storage.run()
+    report += "\n" + bench_desktop.run()
     (ROOT / "docs" / "BENCHMARKS.md").write_text(report)
     print(report)
 

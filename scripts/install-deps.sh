@@ -29,7 +29,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import kasou, qemu.qmp, fastapi, pytest, pytest_timeout, pycdlib, yaml, pyroute2, prometheus_client" 2>/dev/null \
+if ! "$PY" -c "import kasou, qemu.qmp, fastapi, pytest, pytest_timeout, pycdlib, yaml, pyroute2, prometheus_client, websockets, playwright" 2>/dev/null \
    || [ "$("$PY" -c 'import kasou,os;print(os.path.dirname(kasou.__file__))')" != "$PWD/kasou" ]; then
   echo "==> pip install -e .[dev]"
   "$PY" -m pip install -q --disable-pip-version-check -e '.[dev]'

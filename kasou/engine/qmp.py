@@ -6,6 +6,7 @@ Each wrapper names what it was doing when it fails (QMPFailure keeps the cause).
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +39,24 @@ async def _execute(qmp: QMPClient, command: str, args: dict[str, Any] | None = N
         raise QMPFailure(f"QMP {command} failed: the monitor is gone ({e})") from e
 
 
+class _Client(QMPClient):
+    """qemu.qmp's message hooks format every message for a debug log line even when debug
+    logging is off: two extra json.dumps per QMP round trip, measured as half the daemon's
+    CPU when sampling metrics of 20 VMs every 2 s. Format only when the line is logged."""
+
+    def _cb_outbound(self, msg: Any) -> Any:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("--> %s", str(msg))
+        return msg
+
+    def _cb_inbound(self, msg: Any) -> Any:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("<-- %s", str(msg))
+        return msg
+
+
 async def connect(name: str, socket_path: str, timeout: float = 5.0) -> QMPClient:
-    qmp = QMPClient(name)
+    qmp = _Client(name)
     try:
         await asyncio.wait_for(qmp.connect(socket_path), timeout)
     except (QMPError, OSError, TimeoutError) as e:

@@ -183,3 +183,10 @@ def test_dashboard_is_served_without_a_token_but_the_api_is_not(api: TestClient)
     assert bare.get("/ui/vendor/novnc/LICENSE.txt").status_code == 200
     assert bare.get("/api/v1/vms").status_code == 401
     assert bare.post("/api/v1/vms/desk/console-token").status_code == 401
+
+
+def test_screenshot_needs_a_vm_that_is_up_with_a_display(api: TestClient) -> None:
+    r = api.get("/api/v1/vms/desk/screenshot")
+    assert r.status_code == 409 and "stopped" in r.json()["message"]
+    assert api.get("/api/v1/vms/plain/screenshot").json()["field"] == "display"
+    assert api.get("/api/v1/vms/desk/screenshot?format=gif").status_code == 422

@@ -45,11 +45,13 @@ def router(console: ConsoleService) -> APIRouter:
     async def vnc(ws: WebSocket, name: str, token: str = "") -> None:
         try:
             viewer = await console.open_viewer(name, token)
-            reader, writer = await asyncio.open_unix_connection(sock=viewer)
         except KasouError as e:
             await _refuse(ws, error_response(e))
             return
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=viewer)
         except OSError as e:
+            viewer.close()
             await _refuse(ws, JSONResponse({"error": "unavailable", "message":
                                             f"VM {name}'s screen is not reachable: {e}"}, 503))
             return
