@@ -22,7 +22,7 @@ from kasou.images.manifest import ImageManifest
 from kasou.images.registry import build_image
 from tests.integration.conftest import Kasou, booted, wait_for, wait_serial
 
-BOOT_TIMEOUT = 900       # cloud-init's four Python stages under TCG, on a loaded host
+BOOT_TIMEOUT = 600       # cloud-init's four Python stages under TCG, on a loaded host
 MARKER = "/var/lib/kasou-test/marker"
 USER_DATA = f"""#cloud-config
 write_files:
@@ -66,6 +66,8 @@ def guest_facts(k: Kasou, name: str) -> dict[str, Any] | None:
     return facts if facts.get("agent") == "answering" and facts.get("ips") else None
 
 
+# The first test to use the image also builds it (≈ 3 min, once): more than the usual ceiling.
+@pytest.mark.timeout(1800)
 def test_debian_vm_with_user_data_over_agent_and_ssh(kasou: Kasou, debian: ImageManifest,
                                                      tmp_path: Path) -> None:
     assert debian.disk and debian.cloud_init
