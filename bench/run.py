@@ -212,7 +212,7 @@ def write_report(boots: list[dict[str, object]], fl: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def core() -> str:
     build_image("tiny")
     b = Bench()
     try:
@@ -225,15 +225,32 @@ def main() -> None:
         print(fl, flush=True)
     finally:
         b.close()
-    report = write_report(boots, fl)
-    report += "\n" + bench_isolation.run()
-    report += "\n" + bench_network.run()
-    report += "\n" + bench_debian.run()
-    report += "\n" + bench_tenancy.run()
-    report += "\n" + bench_storage.run()
-    report += "\n" + bench_desktop.run()
-    (ROOT / "docs" / "BENCHMARKS.md").write_text(report)
-    print(report)
+    return write_report(boots, fl)
+
+
+SECTIONS = {
+    "core": core, "isolation": bench_isolation.run, "network": bench_network.run,
+    "debian": bench_debian.run, "tenancy": bench_tenancy.run, "storage": bench_storage.run,
+    "desktop": bench_desktop.run,
+}
+FRAGMENTS = ROOT / "docs" / "benchmarks"
+
+
+def main() -> None:
+    """BENCH_SECTIONS=core,network runs some; each section's last result is kept in
+    docs/benchmarks/<section>.md and BENCHMARKS.md is rebuilt from all of them."""
+    wanted = [w for w in os.environ.get("BENCH_SECTIONS", ",".join(SECTIONS)).split(",") if w]
+    unknown = set(wanted) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    FRAGMENTS.mkdir(parents=True, exist_ok=True)
+    for name in wanted:
+        text = SECTIONS[name]()
+        (FRAGMENTS / f"{name}.md").write_text(text.rstrip() + "\n")
+        print(text, flush=True)
+    parts = [(FRAGMENTS / f"{n}.md").read_text() for n in SECTIONS
+             if (FRAGMENTS / f"{n}.md").exists()]
+    (ROOT / "docs" / "BENCHMARKS.md").write_text("\n".join(parts))
 
 
 if __name__ == "__main__":
