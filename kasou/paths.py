@@ -12,9 +12,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
-
-from pydantic import AfterValidator, Field
 
 from kasou.errors import InvalidSpec
 
@@ -31,18 +28,6 @@ def check_name(name: str, field: str = "name") -> str:
             field=field,
         )
     return name
-
-
-def _valid_name(value: str) -> str:
-    if not SAFE_NAME.fullmatch(value):
-        raise ValueError(f"{value!r} is not allowed: use 1-63 letters, digits, '-', '_' or "
-                         "'.', starting with a letter or digit")
-    return value
-
-
-Name = Annotated[str, AfterValidator(_valid_name),
-                 Field(json_schema_extra={"pattern": NAME_PATTERN})]
-"""A user-given name in a pydantic model: safe as one path component, pattern in the schema."""
 
 
 def _is_root() -> bool:

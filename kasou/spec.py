@@ -13,8 +13,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from kasou.cloudinit import userdata
 from kasou.errors import InvalidSpec
 from kasou.isolation.limits import Limits
+from kasou.names import Name
 from kasou.network.spec import NicSpec, check_forwards, check_nics
-from kasou.paths import Name, check_name
+from kasou.paths import check_name
 from kasou.units import parse_size
 
 MIN_MEMORY_MIB = 16

@@ -12,7 +12,6 @@ import typer
 
 from kasou.cli.client import Client
 from kasou.cli.common import call, fail
-from kasou.cloudinit.userdata import MAX_USER_DATA, parse_ssh_keys
 
 CLOUD_INIT_HELP = {
     "user_data": "cloud-init user-data: a #cloud-config YAML file or a #! script.",
@@ -36,10 +35,14 @@ def vm_cloudinit_spec(user_data: str | None, ssh_keys: list[str],
     """Spec fields from the options; files are read here, checked again by the daemon."""
     spec: dict[str, Any] = {}
     if user_data is not None:
+        from kasou.cloudinit.userdata import MAX_USER_DATA  # yaml: only when used
+
         spec["user_data"] = _read("user_data", user_data, MAX_USER_DATA)
     keys: list[str] = []
     for path in ssh_keys:
         try:
+            from kasou.cloudinit.userdata import parse_ssh_keys
+
             keys += parse_ssh_keys(_read("ssh_keys", path, 64 << 10))
         except ValueError as e:
             fail(f"ssh_keys: {path}: {e}")

@@ -15,7 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kasou.errors import InvalidSpec
-from kasou.paths import Name, check_name
+from kasou.names import Name
+from kasou.paths import check_name
 
 MAX_NICS = 8
 # Linux interface names are at most 15 bytes; the bridge is named after the network.

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from kasou.errors import Forbidden, InvalidSpec
-from kasou.paths import Name
+from kasou.names import Name
 from kasou.service.revert import Reverter
 from kasou.storage import fetch, qemu_img, sniff
 from kasou.storage.core import StorageCore

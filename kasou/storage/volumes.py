@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict
 
 from kasou.engine import qmp_storage
 from kasou.errors import Conflict, InvalidSpec
-from kasou.paths import Name, check_name
+from kasou.names import Name
+from kasou.paths import check_name
 from kasou.service.revert import Reverter
 from kasou.state import VMState
 from kasou.storage import qemu_img

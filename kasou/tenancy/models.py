@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kasou.paths import Name
+from kasou.names import Name
 
 
 class Role(StrEnum):
