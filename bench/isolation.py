@@ -195,9 +195,10 @@ def run() -> str:
     kib = {k: v / 1024 for k, v in sizes.items()}
     lines = [
         "## Isolation and metrics", "",
-        f"Daemon sampling {FLEET} running tiny VMs (128 MiB) every 2 s (QMP query-balloon, "
-        "qom-get guest-stats, query-blockstats per VM, /proc, host totals), against the same "
-        f"daemon and VMs with sampling once an hour; {WINDOW:.0f} s windows.", "",
+        f"Daemon sampling {FLEET} running tiny VMs (128 MiB) every 2 s (per VM: /proc, QMP "
+        "query-blockstats every round, query-balloon and guest-stats every ≈ 10 s; host "
+        "totals), against the same daemon and VMs with sampling once an hour; "
+        f"{WINDOW:.0f} s windows.", "",
         "| figure | sampling every 2 s | sampling hourly | target |", "|---|---|---|---|",
         f"| daemon CPU | {cost['on_cpu']:.2f} % of a core | {cost['off_cpu']:.2f} % | "
         "< 1 % for sampling |",
