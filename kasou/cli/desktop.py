@@ -1,4 +1,4 @@
-"""Desktop bits of the CLI: the browser console URL for `kasou vm console --web`."""
+"""Desktop bits of the CLI: browser console URLs (`kasou vm console --web`, desktop pools)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,17 @@ def console_url(grant: dict[str, object], base: str) -> str:
     return f"{base.rstrip('/')}/ui/console.html?vm={name}#token={grant['token']}"
 
 
-def print_web_console(name: str, base: str | None) -> None:
-    grant = call(Client().post, f"/vms/{name}/console-token")
+def web_base(base: str | None) -> str:
+    """Where browsers reach the daemon: --base, else KASOU_URL, else a placeholder (with a
+    note: a browser cannot use the Unix socket)."""
     base = base or os.environ.get("KASOU_URL")
     if not base:
         sys.stderr.write("note: the daemon is reached over its Unix socket here; start it "
                          "with --listen tcp:HOST:PORT and pass --base http(s)://HOST:PORT\n")
         base = "http://HOST:PORT"
-    sys.stdout.write(console_url(grant, base) + "\n")
+    return base
+
+
+def print_web_console(name: str, base: str | None) -> None:
+    grant = call(Client().post, f"/vms/{name}/console-token")
+    sys.stdout.write(console_url(grant, web_base(base)) + "\n")

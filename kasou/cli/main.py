@@ -11,6 +11,7 @@ import typer
 
 from kasou.cli import (
     daemon,
+    desktop_pool,
     guest,
     host,
     image,
@@ -40,6 +41,8 @@ app.command("serve")(daemon.serve_cmd)
 vm.app.command("set")(isolation.vm_set)
 app.add_typer(volume.app, name="volume")
 app.add_typer(volume.pool_app, name="pool")
+app.add_typer(desktop_pool.pool_app, name="desktop-pool")
+app.add_typer(desktop_pool.mine_app, name="desktop")
 vm.app.add_typer(vm_storage.snapshot_app, name="snapshot")
 vm.app.add_typer(vm_storage.disk_app, name="disk")
 vm.app.command("suspend")(vm_storage.suspend_cmd)

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from fastapi import APIRouter
 
 from kasou.api.routes import console as console_routes
+from kasou.api.routes import desktops as desktop_routes
 from kasou.api.routes import guest as guest_routes
 from kasou.api.routes import networks as network_routes
 from kasou.api.routes import storage as storage_routes
 from kasou.cloudinit.hook import CloudInitHook
 from kasou.console import ConsoleService, ConsoleTokens
 from kasou.console.tokens import load_key
+from kasou.desktop.hook import DesktopHook
+from kasou.desktop.service import DesktopService
 from kasou.guest.hook import GuestAgentHook
 from kasou.guest.service import GuestService
 from kasou.host.capacity import HostCapacity
@@ -33,6 +36,7 @@ from kasou.paths import Layout, cache_dir
 from kasou.service.hooks import VMHook
 from kasou.service.vms import VMService
 from kasou.storage.service import StorageService
+from kasou.store.desktop import DesktopStore
 from kasou.store.sqlite import SQLiteStore
 from kasou.store.tenancy import TenancyStore
 from kasou.tenancy.hook import TenancyHook
@@ -80,7 +84,9 @@ def build_platform(layout: Layout, settings: Settings) -> Platform:
                             reserved_memory_mib=settings.reserved_memory_mib)
     store = SQLiteStore(layout.db)
     tenancy = TenancyService(TenancyStore(store))
-    hooks: list[VMHook] = [TenancyHook(tenancy, store)]
+    # Desktops first: deleting a pool's VM directly is refused before any area acts.
+    desktop_hook = DesktopHook(DesktopStore(store))
+    hooks: list[VMHook] = [desktop_hook, TenancyHook(tenancy, store)]
     # Each area appends its hook to `hooks` here, before the VM service is made.
     # Storage first: a start that restores a saved state loads it before others act.
     storage = StorageService(layout, store)
@@ -110,6 +116,8 @@ def build_platform(layout: Layout, settings: Settings) -> Platform:
     platform.background.append((_nothing, guest_hook.close))
     console = ConsoleService(vms, ConsoleTokens(load_key(layout.root / "console.key")))
     platform.routers.append(console_routes.router(console))
+    desktops = DesktopService(vms, console, tenancy, desktop_hook)
+    platform.routers.append(desktop_routes.router(desktops))
     return platform
 
 

@@ -58,10 +58,47 @@ function row(vm) {
 
 async function refresh() {
   if (!auth.token) return;
+  refreshDesktops();
   try {
     const vms = await api("GET", "/vms");
     const body = $("vms").tBodies[0];
     body.replaceChildren(...vms.map(row));
+    $("vm-section").hidden = $("create-section").hidden = false;
+  } catch (e) {
+    // A desktop user with no role in any project sees only their desktops.
+    if (e instanceof ApiError && e.status === 403) {
+      $("vm-section").hidden = $("create-section").hidden = true;
+    } else showError(e);
+  }
+}
+
+function desktopRow(d) {
+  const tr = document.createElement("tr");
+  tr.dataset.desktop = `${d.project}/${d.pool}`;
+  for (const c of [d.vm, d.pool, d.project, d.state]) tr.insertCell().textContent = c;
+  const b = document.createElement("button");
+  b.textContent = "open";
+  b.dataset.project = d.project;
+  b.dataset.pool = d.pool;
+  tr.insertCell().append(b);
+  return tr;
+}
+
+async function refreshDesktops() {
+  try {
+    const mine = await api("GET", "/desktops");
+    $("desktops").tBodies[0].replaceChildren(...mine.map(desktopRow));
+    $("my-desktops").hidden = mine.length === 0;
+  } catch (e) { showError(e); }
+}
+
+// The daemon starts the desktop if needed and mints a console token for its user.
+async function openDesktop(project, pool) {
+  showError(null);
+  try {
+    const path = `/desktops/${encodeURIComponent(project)}/${encodeURIComponent(pool)}/open`;
+    const access = await api("POST", path);
+    await showConsole(access.vm, access.token);
   } catch (e) { showError(e); }
 }
 
@@ -114,11 +151,12 @@ async function showLog(name) {
   logTimer = setInterval(pull, 2000);
 }
 
-async function showConsole(name) {
+async function showConsole(name, token) {
   closeConsole();
   $("console-panel").hidden = false;
   $("console-vm").textContent = name;
-  screen = await openScreen($("screen"), name, (s) => { $("console-status").textContent = s; });
+  screen = await openScreen($("screen"), name, (s) => { $("console-status").textContent = s; },
+                            token);
 }
 
 function closeConsole() {
@@ -162,7 +200,7 @@ function render() {
 $("login-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   auth.set($("token").value.trim(), $("project").value.trim());
-  try { await api("GET", "/vms"); $("login-error").textContent = ""; }
+  try { await api("GET", "/desktops"); $("login-error").textContent = ""; }
   catch (e) { auth.clear(); $("login-error").textContent = e.message; }
   render();
 });
@@ -170,6 +208,10 @@ $("logout").addEventListener("click", signOut);
 $("vms").addEventListener("click", (ev) => {
   const b = ev.target.closest("button");
   if (b) act(b.dataset.action, b.dataset.vm);
+});
+$("desktops").addEventListener("click", (ev) => {
+  const b = ev.target.closest("button");
+  if (b) openDesktop(b.dataset.project, b.dataset.pool);
 });
 $("create").addEventListener("submit", create);
 $("log-close").addEventListener("click", () => { clearInterval(logTimer); $("log-panel").hidden = true; });

@@ -8,41 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import Kasou, booted, serial_text, wait_for
+from tests.integration.conftest import Kasou, booted, serial_text, sh, wait_for
 
 MiB = 1 << 20
-
-
-def sh(vm: dict[str, Any], command: str, timeout: float = 90) -> str:
-    """Run a shell command on the guest's serial console; its output, and assert it exited
-    0. The markers are typed split (BEG""IN) so the terminal's echo never matches."""
-    tag = uuid.uuid4().hex[:8]
-    line = f'echo {tag}-BEG""IN; {command}; echo {tag}-E""ND-$?'
-    done = re.compile(rf"{tag}-END-(\d+)")
-    out = b""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(vm["console"]))
-        s.settimeout(0.5)
-        s.sendall(line.encode() + b"\n")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not done.search(out.decode(errors="replace")):
-            try:
-                out += s.recv(65536)
-            except TimeoutError:
-                continue
-    text = out.decode(errors="replace")
-    end = done.search(text)
-    assert end, f"no answer to {command!r} in {timeout}s: {text!r}"
-    body = text[text.index(f"{tag}-BEGIN") + len(tag) + 6:end.start()]
-    assert end.group(1) == "0", f"{command!r} failed ({end.group(1)}): {body!r}"
-    return body.replace("\r", "").strip("\n")
 
 
 def ready(k: Kasou, name: str, count: int = 1) -> dict[str, Any]:
