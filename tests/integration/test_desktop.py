@@ -4,7 +4,10 @@ proxy, and the browser's canvas checked against QEMU's own framebuffer."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -156,3 +159,47 @@ def test_console_url_from_the_cli_and_refusals_in_the_browser(
         status_is(page, "disconnected", "refused or lost")
         page.reload()        # the same token, now for a stopped VM
         status_is(page, "refused or lost")
+
+
+def test_a_desktop_user_opens_their_pool_desktop_in_the_browser(
+        desktop: tuple[Kasou, str, str], tmp_path: Path) -> None:
+    """VDI end to end: an operator assigns a pool desktop to alice, who has no role in any
+    project; with her own token she sees only her desktop in the dashboard and its screen
+    opens (the daemon starts it again after it was stopped); bob, without one, is refused."""
+    k, base, _ = desktop
+    k.run("volume", "create", "base", "--size", "16M")
+    k.run("volume", "template", "base")
+    for user in ("alice", "bob"):
+        k.run("user", "create", user)
+    alice = k.run("token", "create", "alice").stdout.splitlines()[0].strip()
+    bob = k.run("token", "create", "bob").stdout.splitlines()[0].strip()
+    k.run("desktop-pool", "create", "lab", "--from", "base", "--size", "2", "--image", "tiny")
+    k.run("desktop-pool", "assign", "lab", "alice")
+    wait_serial(k.vm("lab-1"), r"KASOU READY lab-1", timeout=120)
+    k.run("vm", "stop", "lab-1", "--force")
+
+    as_alice = {**k.env, "KASOU_URL": base, "KASOU_TOKEN": alice}
+    mine = json.loads(subprocess.run([sys.executable, "-m", "kasou", "desktop", "list",
+                                      "--json"], env=as_alice, capture_output=True,
+                                     text=True, check=True).stdout)
+    assert [(d["vm"], d["pool"], d["user"]) for d in mine] == [("lab-1", "lab", "alice")]
+    as_bob = {**as_alice, "KASOU_TOKEN": bob}
+    refused = subprocess.run([sys.executable, "-m", "kasou", "desktop", "open", "lab"],
+                             env=as_bob, capture_output=True, text=True)
+    assert refused.returncode == 1 and "no desktop in a pool named 'lab'" in refused.stderr
+    with chromium(tmp_path / "profile") as ctx:
+        page = ctx.new_page()
+        try:
+            page.goto(base + "/")
+            page.fill("#token", alice)
+            page.click("#login-form button")
+            row = page.locator("tr[data-desktop='default/lab']")
+            row.get_by_role("button", name="open").click()
+            status_is(page, "connected")
+            assert page.locator("#vm-section").is_hidden()    # no project role: no VM list
+            assert page.locator("#desktops tbody tr").count() == 1
+            wait_serial(k.vm("lab-1"), r"KASOU READY lab-1", timeout=120, count=2)
+        except Exception:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "desktop-pool-browser.png"))
+            raise
