@@ -108,7 +108,7 @@ def test_pool_assign_refusals_and_reset_on_return(kasou: Kasou) -> None:
     assert {v["name"] for v in k.json("volume", "list")} == {"base"}
 
 
-def test_keep_policy_keeps_the_desktop_and_its_disk(kasou: Kasou) -> None:
+def test_keep_policy_and_assignments_across_a_daemon_restart(kasou: Kasou) -> None:
     k = kasou
     template(k, "base")
     k.run("user", "create", "alice")
@@ -116,6 +116,10 @@ def test_keep_policy_keeps_the_desktop_and_its_disk(kasou: Kasou) -> None:
           "--image", "tiny", "--policy", "keep")
     k.run("desktop-pool", "assign", "studio", "alice")
     wait_serial(k.vm("studio-1"), r"KASOU READY studio-1", timeout=180)
+    k.stop_daemon()                 # assignments persist; the desktop outlives the daemon
+    k.start_daemon()
+    held = desktops(k, "studio")["studio-1"]
+    assert held["user"] == "alice" and held["state"] == "running"
     scribble(k, "studio-1")
     k.run("desktop-pool", "return", "studio", "alice")
     kept = desktops(k, "studio")["studio-1"]
