@@ -15,7 +15,6 @@ from kasou.errors import InvalidSpec
 from kasou.isolation.limits import Limits
 from kasou.names import Name
 from kasou.network.spec import NicSpec, check_forwards, check_nics
-from kasou.paths import check_name
 from kasou.units import parse_size
 
 MIN_MEMORY_MIB = 16
@@ -41,7 +40,7 @@ class VMSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Name
-    image: str | None = None
+    image: Name | None = None
     vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS_HARD)
     memory: MemoryMiB = 256
     machine: Literal["microvm", "pc", "q35"] | None = None
@@ -54,10 +53,10 @@ class VMSpec(BaseModel):
     # Storage (kasou/storage): the VM's own disk, cloned from a template volume (a qcow2
     # overlay, or a copy with full_clone) or blank when only disk_size is given; and
     # existing volumes attached at creation.
-    template: str | None = None
+    template: Name | None = None
     full_clone: bool = False
     disk_size: DiskMiB | None = None
-    volumes: list[str] = Field(default_factory=list)
+    volumes: list[Name] = Field(default_factory=list)
     # cloud-init (kasou/cloudinit): the user-data text itself (the CLI reads the file),
     # public keys for the default user, the guest's host name (default: from the name).
     user_data: str | None = None
@@ -85,34 +84,9 @@ class VMSpec(BaseModel):
         return check_nics(v)
 
 
-    @field_validator("image")
-    @classmethod
-    def _image(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            return check_name(v, "image")
-        except InvalidSpec as e:
-            raise ValueError(e.message) from None
-
-    @field_validator("template")
-    @classmethod
-    def _template(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            return check_name(v, "template")
-        except InvalidSpec as e:
-            raise ValueError(e.message) from None
-
     @field_validator("volumes")
     @classmethod
     def _volumes(cls, v: list[str]) -> list[str]:
-        for name in v:
-            try:
-                check_name(name, "volume")
-            except InvalidSpec as e:
-                raise ValueError(e.message) from None
         if len(set(v)) != len(v):
             raise ValueError("a volume is listed twice")
         return v
