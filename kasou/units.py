@@ -13,7 +13,7 @@ def parse_size(value: str | int, default_unit: str = "M") -> int:
 
     Raises ValueError with a reason a user can act on.
     """
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError("expected a size such as 256M or 2G")
     if isinstance(value, int):
         number, unit = float(value), default_unit

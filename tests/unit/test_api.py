@@ -8,43 +8,20 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from kasou.api.app import create_app
-from kasou.host.capacity import HostCapacity
-from kasou.host.probe import HostInfo
-from kasou.paths import Layout
-from kasou.service.platform import Platform
-from kasou.service.vms import VMService
-from kasou.store.sqlite import SQLiteStore
-from kasou.store.tenancy import TenancyStore
-from kasou.tenancy.models import UserSpec
-from kasou.tenancy.service import TenancyService
+from tests.unit.fakes import admin_token, api_client, fake_home, fake_kernel, fake_platform
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[TestClient]:
-    layout = Layout(tmp_path / "home")
-    layout.ensure()
-    host = HostInfo(cores=2, memory_mib=4096, qemu_binary="qemu-system-x86_64",
-                    qemu_version="7.2.0", machines={"microvm": 288, "pc": 255, "q35": 288},
-                    accelerator="tcg", accelerator_reason="test", tsc_khz=None,
-                    cgroup_version="v2", kernel_release="6.1")
-    store = SQLiteStore(layout.db)
-    svc = VMService(layout, store, host, HostCapacity(2, 4096), images_root=tmp_path / "images")
-    platform = Platform(layout=layout, store=store, vms=svc,
-                        tenancy=TenancyService(TenancyStore(store)))
-    platform.tenancy.create_user(UserSpec(name="root", admin=True))
-    token = platform.tenancy.create_token("root").token
+    platform = fake_platform(fake_home(tmp_path))
     # TestClient connects as a TCP peer, so every request needs a token.
-    with TestClient(create_app(platform), headers={"Authorization": f"Bearer {token}"}) \
-            as client:
+    with api_client(platform, admin_token(platform.tenancy)) as client:
         yield client
 
 
 @pytest.fixture
 def kernel(tmp_path: Path) -> str:
-    path = tmp_path / "vmlinuz"
-    path.write_bytes(b"not really a kernel")
-    return str(path)
+    return fake_kernel(tmp_path)
 
 
 def test_create_list_show_delete(api: TestClient, kernel: str) -> None:

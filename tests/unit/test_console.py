@@ -15,22 +15,14 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
 
-from kasou.api.app import create_app
 from kasou.api.routes import console as console_routes
 from kasou.console import ConsoleService, ConsoleTokens
 from kasou.console import service as console_service
 from kasou.console.tokens import _b64, load_key
 from kasou.errors import AuthError
-from kasou.host.capacity import HostCapacity
-from kasou.host.probe import HostInfo
-from kasou.paths import Layout
 from kasou.service.platform import Platform
-from kasou.service.vms import VMService
 from kasou.state import VMState
-from kasou.store.sqlite import SQLiteStore
-from kasou.store.tenancy import TenancyStore
-from kasou.tenancy.models import UserSpec
-from kasou.tenancy.service import TenancyService
+from tests.unit.fakes import admin_token, api_client, fake_home, fake_kernel, fake_platform
 
 KEY = b"k" * 32
 
@@ -71,30 +63,17 @@ def test_key_is_private_and_kept(tmp_path: Path) -> None:
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Platform:
-    layout = Layout(tmp_path / "home")
-    layout.ensure()
-    host = HostInfo(cores=2, memory_mib=4096, qemu_binary="qemu-system-x86_64",
-                    qemu_version="7.2.0", machines={"microvm": 288, "pc": 255, "q35": 288},
-                    accelerator="tcg", accelerator_reason="test", tsc_khz=None,
-                    cgroup_version="v2", kernel_release="6.1")
-    store = SQLiteStore(layout.db)
-    svc = VMService(layout, store, host, HostCapacity(2, 4096), images_root=tmp_path / "images")
-    p = Platform(layout=layout, store=store, vms=svc,
-                 tenancy=TenancyService(TenancyStore(store)))
-    p.routers.append(console_routes.router(ConsoleService(svc, ConsoleTokens(KEY))))
+    p = fake_platform(fake_home(tmp_path))
+    p.routers.append(console_routes.router(ConsoleService(p.vms, ConsoleTokens(KEY))))
     return p
 
 
 @pytest.fixture
 def api(platform: Platform, tmp_path: Path) -> Iterator[TestClient]:
-    platform.tenancy.create_user(UserSpec(name="root", admin=True))
-    token = platform.tenancy.create_token("root").token
-    kernel = tmp_path / "vmlinuz"
-    kernel.write_bytes(b"not really a kernel")
-    with TestClient(create_app(platform), headers={"Authorization": f"Bearer {token}"}) \
-            as client:
+    kernel = fake_kernel(tmp_path)
+    with api_client(platform, admin_token(platform.tenancy)) as client:
         for name, display in (("desk", True), ("other", True), ("plain", False)):
-            r = client.post("/api/v1/vms", json={"name": name, "kernel": str(kernel),
+            r = client.post("/api/v1/vms", json={"name": name, "kernel": kernel,
                                                  "display": display})
             assert r.status_code == 201, r.text
         yield client

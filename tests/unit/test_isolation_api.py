@@ -9,58 +9,35 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from kasou.api.app import create_app
-from kasou.host.capacity import HostCapacity
 from kasou.host.cgroups import CgroupsV2
-from kasou.host.probe import HostInfo
 from kasou.isolation.hook import IsolationHook
 from kasou.isolation.setup import Isolation
 from kasou.metrics import setup as metrics_setup
-from kasou.paths import Layout
-from kasou.service.platform import Platform
-from kasou.service.vms import VMService
 from kasou.store.isolation import LimitsStore
-from kasou.store.sqlite import SQLiteStore
-from kasou.store.tenancy import TenancyStore
-from kasou.tenancy.models import UserSpec
-from kasou.tenancy.service import TenancyService
+from tests.unit.fakes import admin_token, api_client, fake_home, fake_kernel, fake_platform
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[TestClient]:
-    layout = Layout(tmp_path / "home")
-    layout.ensure()
-    host = HostInfo(cores=2, memory_mib=4096, qemu_binary="qemu-system-x86_64",
-                    qemu_version="7.2.0", machines={"microvm": 288, "pc": 255, "q35": 288},
-                    accelerator="tcg", accelerator_reason="test", tsc_khz=None,
-                    cgroup_version="v2", kernel_release="6.1")
+    home = fake_home(tmp_path)
     cg_root = tmp_path / "cgroup"
     cg_root.mkdir()
     (cg_root / "cgroup.controllers").write_text("cpuset cpu io memory\n")
     (cg_root / "cpuset.cpus.effective").write_text("0-1\n")
-    store = SQLiteStore(layout.db)
-    limits = LimitsStore(store)
-    hook = IsolationHook(layout, limits, CgroupsV2(cg_root / "kasou", cg_root), host,
-                         images_root=tmp_path / "images")
-    metrics = metrics_setup.prepare(store, 5.0)
-    svc = VMService(layout, store, host, HostCapacity(2, 4096), images_root=tmp_path / "images",
-                    hooks=[hook, metrics_setup.hook(metrics)])
-    platform = Platform(layout=layout, store=store, vms=svc,
-                        tenancy=TenancyService(TenancyStore(store)))
+    limits = LimitsStore(home.store)
+    hook = IsolationHook(home.layout, limits, CgroupsV2(cg_root / "kasou", cg_root), home.host,
+                         images_root=home.images)
+    metrics = metrics_setup.prepare(home.store, 5.0)
+    platform = fake_platform(home, hooks=[hook, metrics_setup.hook(metrics)])
     Isolation(hook=hook, launcher=None, store=limits).join(platform)
     metrics_setup.join(metrics, platform)
-    platform.tenancy.create_user(UserSpec(name="root", admin=True))
-    token = platform.tenancy.create_token("root").token
-    with TestClient(create_app(platform), headers={"Authorization": f"Bearer {token}"}) \
-            as client:
+    with api_client(platform, admin_token(platform.tenancy)) as client:
         yield client
 
 
 @pytest.fixture
 def vm(api: TestClient, tmp_path: Path) -> str:
-    kernel = tmp_path / "vmlinuz"
-    kernel.write_bytes(b"not really a kernel")
-    r = api.post("/api/v1/vms", json={"name": "a", "kernel": str(kernel), "vcpus": 2,
+    r = api.post("/api/v1/vms", json={"name": "a", "kernel": fake_kernel(tmp_path), "vcpus": 2,
                                       "limits": {"cpu_limit": 1.5, "pin": "1"}})
     assert r.status_code == 201, r.text
     return "a"

@@ -11,48 +11,25 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from kasou.api.app import create_app
 from kasou.api.routes import networks as network_routes
-from kasou.host.capacity import HostCapacity
-from kasou.host.probe import HostInfo
 from kasou.network.hook import NetworkHook
 from kasou.network.service import NetworkService
-from kasou.paths import Layout
-from kasou.service.platform import Platform
-from kasou.service.vms import VMService
-from kasou.store.sqlite import SQLiteStore
-from kasou.store.tenancy import TenancyStore
-from kasou.tenancy.models import UserSpec
-from kasou.tenancy.service import TenancyService
+from tests.unit.fakes import admin_token, api_client, fake_home, fake_kernel, fake_platform
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[TestClient]:
-    layout = Layout(tmp_path / "home")
-    layout.ensure()
-    host = HostInfo(cores=2, memory_mib=4096, qemu_binary="qemu-system-x86_64",
-                    qemu_version="7.2.0", machines={"microvm": 288, "pc": 255, "q35": 288},
-                    accelerator="tcg", accelerator_reason="test", tsc_khz=None,
-                    cgroup_version="v2", kernel_release="6.1")
-    store = SQLiteStore(layout.db)
-    net = NetworkService(layout, store)
-    svc = VMService(layout, store, host, HostCapacity(2, 4096), images_root=tmp_path / "images",
-                    hooks=[NetworkHook(net)])
-    platform = Platform(layout=layout, store=store, vms=svc,
-                        tenancy=TenancyService(TenancyStore(store)),
-                        routers=[network_routes.router(net)])
-    platform.tenancy.create_user(UserSpec(name="root", admin=True))
-    token = platform.tenancy.create_token("root").token
-    with TestClient(create_app(platform), headers={"Authorization": f"Bearer {token}"}) \
-            as client:
+    home = fake_home(tmp_path)
+    net = NetworkService(home.layout, home.store)
+    platform = fake_platform(home, hooks=[NetworkHook(net)],
+                             routers=[network_routes.router(net)])
+    with api_client(platform, admin_token(platform.tenancy)) as client:
         yield client
 
 
 @pytest.fixture
 def kernel(tmp_path: Path) -> str:
-    path = tmp_path / "vmlinuz"
-    path.write_bytes(b"not really a kernel")
-    return str(path)
+    return fake_kernel(tmp_path)
 
 
 def test_secgroup_crud_and_rules(api: TestClient) -> None:

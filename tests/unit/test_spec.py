@@ -22,6 +22,9 @@ def test_memory_forms(memory: object, mib: int) -> None:
     ({"name": "a", "image": "tiny", "memory": "lots"}, "memory", "not a size"),
     ({"name": "a", "image": "tiny", "memory": "8M"}, "memory", "greater than or equal to 16"),
     ({"name": "a", "image": "tiny", "memory": "100K"}, "memory", "whole number of MiB"),
+    # found by schemathesis: a JSON list where a size goes was a TypeError (a 500)
+    ({"name": "a", "image": "tiny", "disk_size": []}, "disk_size", "a size such as"),
+    ({"name": "a", "image": "tiny", "memory": {"m": 1}}, "memory", "a size such as"),
     ({"name": "a", "image": "tiny", "vcpus": 0}, "vcpus", "greater than or equal to 1"),
     ({"name": "a", "image": "tiny", "vcpus": "two"}, "vcpus", "integer"),
     ({"name": "a", "image": "tiny", "colour": "red"}, "colour", "unknown field"),

@@ -16,23 +16,19 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from kasou.api.app import create_app
-from kasou.host.capacity import HostCapacity
-from kasou.host.probe import HostInfo
-from kasou.paths import Layout
-from kasou.service.platform import Platform
-from kasou.service.vms import VMService
-from kasou.store.sqlite import SQLiteStore
-from kasou.store.tenancy import TenancyStore
-from kasou.tenancy.hook import TenancyHook
 from kasou.tenancy.models import ProjectSpec, Quota, Role, UserSpec
 from kasou.tenancy.ratelimit import RateLimiter
 from kasou.tenancy.service import TenancyService
+from tests.unit.fakes import (
+    api_client,
+    bearer,
+    fake_home,
+    fake_host,
+    fake_kernel,
+    fake_platform_with_quotas,
+)
 
-HOST = HostInfo(cores=2, memory_mib=8192, qemu_binary="qemu-system-x86_64", qemu_version="7.2",
-                machines={"microvm": 288, "pc": 255, "q35": 288}, accelerator="tcg",
-                accelerator_reason="test", tsc_khz=None, cgroup_version="v2",
-                kernel_release="6.1")
+HOST = fake_host(memory_mib=8192, qemu_version="7.2")
 
 
 @dataclass
@@ -44,7 +40,7 @@ class World:
     db: Path
 
     def as_(self, who: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[who]}"}
+        return bearer(self.tokens[who])
 
     def vm(self, name: str, project: str, who: str = "admin", **extra: object) -> int:
         body = {"name": name, "kernel": self.kernel, **extra}
@@ -54,13 +50,9 @@ class World:
 
 
 def make_world(tmp_path: Path, limiter: RateLimiter | None = None) -> Iterator[World]:
-    layout = Layout(tmp_path / "home")
-    layout.ensure()
-    store = SQLiteStore(layout.db)
-    ten = TenancyService(TenancyStore(store))
-    svc = VMService(layout, store, HOST, HostCapacity(2, 8192), images_root=tmp_path / "img",
-                    hooks=[TenancyHook(ten, store)])
-    platform = Platform(layout=layout, store=store, vms=svc, tenancy=ten)
+    home = fake_home(tmp_path, HOST)
+    platform = fake_platform_with_quotas(home)
+    ten = platform.tenancy
     for p in ("alpha", "beta"):
         ten.create_project(ProjectSpec(name=p))
     tokens = {}
@@ -71,10 +63,9 @@ def make_world(tmp_path: Path, limiter: RateLimiter | None = None) -> Iterator[W
             ten.add_member("alpha", user, role)
         tokens[user] = ten.create_token(user).token
     ten.add_member("beta", "outsider", Role.MEMBER)
-    kernel = tmp_path / "vmlinuz"
-    kernel.write_bytes(b"kernel")
-    with TestClient(create_app(platform, limiter)) as client:
-        yield World(client, ten, tokens, str(kernel), layout.db)
+    kernel = fake_kernel(tmp_path, b"kernel")
+    with api_client(platform, limiter=limiter) as client:
+        yield World(client, ten, tokens, kernel, home.layout.db)
 
 
 @pytest.fixture
