@@ -14,6 +14,8 @@ PKGS+=(nftables dnsmasq-base iproute2)
 PKGS+=(prometheus acl)
 # desktop: the dashboard's end-to-end test drives Debian's headless Chromium (Playwright)
 PKGS+=(chromium chromium-driver)
+# bench: the desktop benchmark's plain-QEMU baseline proxies QEMU's VNC socket with websockify
+PKGS+=(websockify)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
