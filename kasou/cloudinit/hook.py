@@ -28,7 +28,7 @@ from kasou.service import resolve as rs
 from kasou.service.hooks import VMHook
 from kasou.service.revert import Reverter
 from kasou.spec import VMSpec
-from kasou.store.base import VMRecord
+from kasou.store.base import VMRecord, batch_memo
 
 
 def user_input(spec: VMSpec) -> str | None:
@@ -90,7 +90,10 @@ class CloudInitHook(VMHook):
             await asyncio.to_thread(write_seed, seed_data(rec), seed)
 
     def describe(self, rec: VMRecord, rt: Runtime | None) -> dict[str, Any]:
-        if not wants_seed(rec.spec, self._image(rec.spec)):
+        # Once per image in a VM list (the manifest is read from disk).
+        image = batch_memo(("image", rec.spec.image, self.images_root),
+                           lambda: self._image(rec.spec))
+        if not wants_seed(rec.spec, image):
             return {}
         data = seed_data(rec)
         return {"instance_id": data.instance_id, "hostname": data.hostname,

@@ -18,7 +18,7 @@ from kasou.service import resolve as rs
 from kasou.service.hooks import VMHook
 from kasou.service.revert import Reverter
 from kasou.spec import VMSpec
-from kasou.store.base import VMRecord
+from kasou.store.base import VMRecord, batch_memo
 
 
 class ImageDiskHook(VMHook):
@@ -43,7 +43,9 @@ class ImageDiskHook(VMHook):
         revert.add(lambda: dest.unlink(missing_ok=True))
 
     def describe(self, rec: VMRecord, rt: Runtime | None) -> dict[str, Any]:
-        image = self._image(rec.spec)
+        # Once per image in a VM list (the manifest is read from disk).
+        image = batch_memo(("image", rec.spec.image, self.images_root),
+                           lambda: self._image(rec.spec))
         if image is None or image.disk is None or not overlay.uses_image_disk(rec.spec, image):
             return {}
         return {"overlay": str(overlay.overlay_path(self.layout.vm_dir(rec.id))),

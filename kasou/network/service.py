@@ -393,9 +393,8 @@ class NetworkService:
     def describe_vm(self, rec: VMRecord) -> dict[str, Any]:
         nics = self.nic_views(rec)
         out: dict[str, Any] = {"nics": [n.model_dump(exclude_none=True) for n in nics]}
-        groups = [g.name for g in self.db.groups_of(rec.id)]
         if rec.spec.nics:
-            out["secgroups"] = groups
+            out["secgroups"] = [g.name for g in self.db.groups_of(rec.id)]
         return out
 
     def nic_views(self, rec: VMRecord) -> list[NicView]:

@@ -25,6 +25,7 @@ from kasou.engine.runtime import Runtime
 from kasou.errors import EngineError, InvalidState, KasouError, NotFound
 from kasou.host.capacity import HostCapacity, Usage, check_fits
 from kasou.host.probe import HostInfo
+from kasou.images.manifest import ImageManifest
 from kasou.paths import Layout
 from kasou.service import resolve as rs
 from kasou.service.hooks import VMHook
@@ -33,7 +34,7 @@ from kasou.service.supervisor import ExitInfo, Supervisor
 from kasou.service.views import LogChunk, VMView
 from kasou.spec import parse_spec
 from kasou.state import LIVE, VMState, can_move, check
-from kasou.store.base import DEFAULT_PROJECT, Store, VMRecord, now_iso
+from kasou.store.base import DEFAULT_PROJECT, Store, VMRecord, batch_memo, now_iso, read_batch
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,11 @@ class VMService:
 
     # -- queries ---------------------------------------------------------------------
     def list(self, project: str | None = DEFAULT_PROJECT) -> list[VMView]:
-        return [self._view(r) for r in self.store.list_vms(project)]
+        records = self.store.list_vms(project)
+        # One read for the whole list: each area's per-VM facts come from one query per
+        # table, and an image's manifest is read once, not per VM and hook.
+        with read_batch(project, [r.id for r in records]):
+            return [self._view(r) for r in records]
 
     def show(self, ref: str, project: str = DEFAULT_PROJECT) -> VMView:
         return self._view(self.store.get_vm(ref, project))
@@ -384,9 +389,8 @@ class VMService:
         run_dir = self.layout.vm_dir(rec.id)
         sup = self._sups.get(rec.id)
         rt = sup.rt if sup else None
-        image = None
-        with contextlib.suppress(KasouError):
-            image = rs.image_of(rec.spec, self.images_root)
+        image = batch_memo(("image", rec.spec.image, self.images_root),
+                           lambda: self._image(rec))
         return VMView(
             id=rec.id, name=rec.name, project=rec.project, state=rec.state, reason=rec.reason,
             pid=rt.pid if rt else None,
@@ -398,6 +402,12 @@ class VMService:
             console=rt.console if rt else None, serial_log=str(run_dir / "serial.log"),
             spec=rec.spec, extras=self._extras(rec, rt),
         )
+
+    def _image(self, rec: VMRecord) -> ImageManifest | None:
+        try:
+            return rs.image_of(rec.spec, self.images_root)
+        except KasouError:
+            return None
 
     def _extras(self, rec: VMRecord, rt: Runtime | None) -> dict[str, Any]:
         out: dict[str, Any] = {}

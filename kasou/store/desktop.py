@@ -9,6 +9,8 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from kasou.errors import Conflict, NotFound
+from kasou.store.base import batch_memo
+from kasou.store.sqlite import rows_of_vm
 from kasou.store.tables import Tables
 
 _SCHEMA = """
@@ -49,6 +51,9 @@ class DesktopStore(Tables):
                    f"{row.project!r}", "name")
 
     def pools(self, project: str | None = None) -> list[PoolRow]:
+        return list(batch_memo(("desktop_pools", project), lambda: self._pools(project)))
+
+    def _pools(self, project: str | None) -> list[PoolRow]:
         if project is None:
             rows = self._all("SELECT * FROM desktop_pools ORDER BY project, name")
         else:
@@ -87,8 +92,8 @@ class DesktopStore(Tables):
         return [DesktopRow(**dict(r)) for r in rows]
 
     def desktop_of_vm(self, vm_id: str) -> DesktopRow | None:
-        row = self._one("SELECT * FROM desktops WHERE vm_id = ?", (vm_id,))
-        return DesktopRow(**dict(row)) if row else None
+        rows = rows_of_vm(self._db, self._lock, vm_id, "SELECT * FROM desktops", "vm_id")
+        return DesktopRow(**dict(rows[0])) if rows else None
 
     def of_user(self, user: str) -> list[tuple[PoolRow, DesktopRow]]:
         rows = self._all("SELECT p.id AS p_id, p.project, p.name, p.spec, p.created_at, d.* "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kasou.isolation.limits import Limits
 from kasou.store.base import DEFAULT_PROJECT, now_iso
-from kasou.store.sqlite import SQLiteStore
+from kasou.store.sqlite import SQLiteStore, rows_of_vm
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vm_limits (
@@ -29,10 +29,9 @@ class LimitsStore:
             self._db.executescript(_SCHEMA)
 
     def get(self, vm_id: str) -> Limits | None:
-        with self._lock:
-            row = self._db.execute("SELECT limits FROM vm_limits WHERE vm_id = ?",
-                                   (vm_id,)).fetchone()
-        return Limits.model_validate_json(row["limits"]) if row else None
+        rows = rows_of_vm(self._db, self._lock, vm_id, "SELECT vm_id, limits FROM vm_limits",
+                          "vm_id")
+        return Limits.model_validate_json(rows[0]["limits"]) if rows else None
 
     def put(self, vm_id: str, limits: Limits, project: str = DEFAULT_PROJECT) -> None:
         with self._lock:

@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from kasou.errors import Conflict, NotFound
-from kasou.store.base import DEFAULT_PROJECT
-from kasou.store.sqlite import SQLiteStore
+from kasou.store.base import DEFAULT_PROJECT, batch_memo
+from kasou.store.sqlite import SQLiteStore, rows_of_vm
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS networks (
@@ -113,6 +113,9 @@ class NetworkStore:
                    f"a network named {row.name!r} already exists")
 
     def networks(self, project: str | None = None) -> list[NetworkRow]:
+        return list(batch_memo(("networks", project), lambda: self._networks(project)))
+
+    def _networks(self, project: str | None) -> list[NetworkRow]:
         if project is None:
             rows = self._all("SELECT * FROM networks ORDER BY project, name")
         else:
@@ -143,6 +146,9 @@ class NetworkStore:
                    f"MAC {row.mac} or address {row.ip} is already taken")
 
     def nics(self, *, vm_id: str | None = None, network_id: str | None = None) -> list[NicRow]:
+        if vm_id is not None and network_id is None:
+            return [NicRow(**dict(r)) for r in rows_of_vm(
+                self._db, self._lock, vm_id, "SELECT * FROM net_nics", "vm_id, idx")]
         sql, args = "SELECT * FROM net_nics", []
         where = []
         if vm_id is not None:
@@ -235,9 +241,10 @@ class NetworkStore:
             self._db.execute("DELETE FROM vm_secgroups WHERE vm_id = ?", (vm_id,))
 
     def groups_of(self, vm_id: str) -> list[SecGroupRow]:
-        rows = self._all("SELECT s.* FROM secgroups s JOIN vm_secgroups v ON v.secgroup_id = s.id "
-                         "WHERE v.vm_id = ? ORDER BY v.position", (vm_id,))
-        return [SecGroupRow(**dict(r)) for r in rows]
+        rows = rows_of_vm(self._db, self._lock, vm_id,
+                          "SELECT s.*, v.vm_id FROM secgroups s JOIN vm_secgroups v "
+                          "ON v.secgroup_id = s.id", "v.vm_id, v.position", vm_col="v.vm_id")
+        return [SecGroupRow(**{k: r[k] for k in SecGroupRow.model_fields}) for r in rows]
 
     def vms_with(self, sg_id: str) -> list[str]:
         return [r["vm_id"] for r in self._all("SELECT vm_id FROM vm_secgroups WHERE "

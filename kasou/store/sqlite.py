@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from kasou.errors import Conflict, InvalidState, NotFound
 from kasou.spec import VMSpec
 from kasou.state import VMState
-from kasou.store.base import DEFAULT_PROJECT, VMRecord, now_iso
+from kasou.store.base import DEFAULT_PROJECT, VMRecord, current_batch, now_iso
 
 SCHEMA_VERSION = 1
 
@@ -28,9 +30,39 @@ CREATE TABLE IF NOT EXISTS vms (
 """
 
 
+def rows_of_vm(db: sqlite3.Connection, lock: Any, vm_id: str, select: str,
+               order: str, vm_col: str = "vm_id") -> list[sqlite3.Row]:
+    """`select` (a SELECT ... FROM ... without WHERE, whose rows carry a `vm_id` column)
+    for one VM's rows, in `order`. Inside a ReadBatch covering the VM: one query for all
+    the batch's VMs, made on first use and grouped by VM, instead of one per VM."""
+    batch = current_batch(vm_id)
+    if batch is None:
+        with lock:
+            return list(db.execute(f"{select} WHERE {vm_col} = ? ORDER BY {order}",
+                                   (vm_id,)).fetchall())
+
+    def load() -> dict[str, list[sqlite3.Row]]:
+        sql = select
+        args: tuple[str, ...] = ()
+        if batch.project is not None:
+            sql += f" WHERE {vm_col} IN (SELECT id FROM vms WHERE project = ?)"
+            args = (batch.project,)
+        with lock:
+            rows = db.execute(f"{sql} ORDER BY {order}", args).fetchall()
+        grouped: dict[str, list[sqlite3.Row]] = defaultdict(list)
+        for row in rows:
+            grouped[row["vm_id"]].append(row)
+        return grouped
+
+    return list(batch.memo(("rows_of_vm", select, order), load).get(vm_id, ()))
+
+
 class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Parsed specs by VM id, with the JSON they came from: a spec only changes with a
+        # new JSON text, and VMSpec is frozen, so records can share the parsed one.
+        self._specs: dict[str, tuple[str, VMSpec]] = {}
         # One connection shared by the daemon's threads; sqlite serialises, the lock keeps
         # multi-statement operations atomic.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
@@ -45,13 +77,20 @@ class SQLiteStore:
     def close(self) -> None:
         self._db.close()
 
-    @staticmethod
-    def _row(row: sqlite3.Row) -> VMRecord:
+    def _row(self, row: sqlite3.Row) -> VMRecord:
         return VMRecord(
             id=row["id"], name=row["name"], project=row["project"],
-            spec=VMSpec.model_validate_json(row["spec"]), state=VMState(row["state"]),
+            spec=self._spec(row["id"], row["spec"]), state=VMState(row["state"]),
             reason=row["reason"], created_at=row["created_at"], updated_at=row["updated_at"],
         )
+
+    def _spec(self, vm_id: str, text: str) -> VMSpec:
+        cached = self._specs.get(vm_id)
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        spec = VMSpec.model_validate_json(text)
+        self._specs[vm_id] = (text, spec)
+        return spec
 
     def create_vm(self, rec: VMRecord) -> None:
         try:
@@ -110,3 +149,4 @@ class SQLiteStore:
     def delete_vm(self, vm_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM vms WHERE id = ?", (vm_id,))
+        self._specs.pop(vm_id, None)

@@ -23,7 +23,8 @@ from kasou.storage.models import (
     Snapshot,
     Volume,
 )
-from kasou.store.sqlite import SQLiteStore
+from kasou.store.base import current_batch
+from kasou.store.sqlite import SQLiteStore, rows_of_vm
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pools (
@@ -168,10 +169,25 @@ class StorageStore:
         return _volume(row)
 
     def volume_by_id(self, vol_id: str) -> Volume:
+        batch = current_batch()
+        if batch is not None:   # a VM list: the volumes of all its VMs in one query
+            vol = batch.memo("attached_volumes", lambda: self._attached_volumes(batch.project))
+            if vol_id in vol:
+                return vol[vol_id]
         row = self._one("SELECT * FROM volumes WHERE id = ?", (vol_id,))
         if row is None:
             raise NotFound(f"no volume with id {vol_id!r}", field="volume")
         return _volume(row)
+
+    def _attached_volumes(self, project: str | None) -> dict[str, Volume]:
+        """The volumes attached to the VMs of a project (of any, for None), by id."""
+        sql = "SELECT volume_id FROM attachments"
+        args: tuple[str, ...] = ()
+        if project is not None:
+            sql += " WHERE vm_id IN (SELECT id FROM vms WHERE project = ?)"
+            args = (project,)
+        rows = self._all(f"SELECT * FROM volumes WHERE id IN ({sql})", args)
+        return {r["id"]: _volume(r) for r in rows}
 
     def volumes(self, project: str | None = None) -> list[Volume]:
         if project is None:
@@ -208,8 +224,8 @@ class StorageStore:
                     "the volume is already attached to this VM", field="volume")
 
     def attachments(self, vm_id: str) -> list[Attachment]:
-        return [_attachment(r) for r in self._all(
-            "SELECT * FROM attachments WHERE vm_id = ? ORDER BY slot", (vm_id,))]
+        return [_attachment(r) for r in rows_of_vm(
+            self._db, self._lock, vm_id, "SELECT * FROM attachments", "slot")]
 
     def attachments_of_volume(self, vol_id: str) -> list[Attachment]:
         return [_attachment(r) for r in self._all(
@@ -239,8 +255,8 @@ class StorageStore:
                     f"the VM already has a snapshot named {snap.name!r}", field="snapshot")
 
     def snapshots(self, vm_id: str) -> list[Snapshot]:
-        return [_snapshot(r) for r in self._all(
-            "SELECT * FROM vm_snapshots WHERE vm_id = ? ORDER BY created_at", (vm_id,))]
+        return [_snapshot(r) for r in rows_of_vm(
+            self._db, self._lock, vm_id, "SELECT * FROM vm_snapshots", "created_at")]
 
     def snapshot(self, vm_id: str, name: str, vm_name: str) -> Snapshot:
         row = self._one("SELECT * FROM vm_snapshots WHERE vm_id = ? AND name = ?",
@@ -263,9 +279,10 @@ class StorageStore:
                               st.saved_at))
 
     def saved_state(self, vm_id: str) -> SavedState | None:
-        row = self._one("SELECT * FROM saved_states WHERE vm_id = ?", (vm_id,))
-        if row is None:
+        rows = rows_of_vm(self._db, self._lock, vm_id, "SELECT * FROM saved_states", "vm_id")
+        if not rows:
             return None
+        row = rows[0]
         return SavedState(vm_id=row["vm_id"], project=row["project"], path=row["path"],
                           size=row["size"], was_running=bool(row["was_running"]),
                           saved_at=row["saved_at"])
@@ -280,9 +297,11 @@ class StorageStore:
                              (pr.vm_id, pr.project, pr.snapshot, pr.created_at))
 
     def pending_restore(self, vm_id: str) -> PendingRestore | None:
-        row = self._one("SELECT * FROM pending_restores WHERE vm_id = ?", (vm_id,))
-        if row is None:
+        rows = rows_of_vm(self._db, self._lock, vm_id, "SELECT * FROM pending_restores",
+                          "vm_id")
+        if not rows:
             return None
+        row = rows[0]
         return PendingRestore(vm_id=row["vm_id"], project=row["project"],
                               snapshot=row["snapshot"], created_at=row["created_at"])
 
