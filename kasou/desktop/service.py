@@ -56,6 +56,14 @@ class DesktopService:
     def mine(self, who: Principal) -> list[DesktopView]:
         return [self._desktop(pool, row) for pool, row in self.store.of_user(who.name)]
 
+    def held_by(self, user: str) -> list[str]:
+        """What `user` holds, for refusing to delete them: 'desktop lab-1 of pool lab'."""
+        return [f"desktop {acct.desktop_name(p.name, d.idx)} of pool {p.name} (project "
+                f"{p.project})" for p, d in self.store.of_user(user)]
+
+    def pools_in(self, project: str) -> int:
+        return len(self.store.pools(project))
+
     # -- pools -----------------------------------------------------------------------------
     async def create(self, spec: PoolSpec, project: str) -> PoolView:
         parse_spec(self._vm_spec(spec, 1))          # the desktops' spec, checked up front

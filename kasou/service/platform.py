@@ -118,6 +118,8 @@ def build_platform(layout: Layout, settings: Settings) -> Platform:
     platform.routers.append(console_routes.router(console))
     desktops = DesktopService(vms, console, tenancy, desktop_hook)
     platform.routers.append(desktop_routes.router(desktops))
+    tenancy.holdings.append(desktops.pools_in)
+    tenancy.user_holdings.append(desktops.held_by)
     return platform
 
 

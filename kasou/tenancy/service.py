@@ -34,6 +34,9 @@ class TenancyService:
         self._verified = tokens.VerifiedCache()
         # A project may be deleted only when nothing in it is left; areas say what they hold.
         self.holdings: list[Callable[[str], int]] = []
+        # A user may be deleted only when they hold nothing by name (a pool's desktop):
+        # a later user of the same name must not inherit it. Areas say what a user holds.
+        self.user_holdings: list[Callable[[str], list[str]]] = []
 
     # -- who is asking -------------------------------------------------------------------
     @staticmethod
@@ -66,6 +69,14 @@ class TenancyService:
         user = User(**spec.model_dump(), created_at=now_iso())
         self.store.create_user(user)
         return user
+
+    def delete_user(self, name: str) -> None:
+        self.store.get_user(name)
+        held = [thing for holding in self.user_holdings for thing in holding(name)]
+        if held:
+            raise Conflict(f"user {name!r} still holds {', '.join(held)}; return "
+                           f"{'it' if len(held) == 1 else 'them'} first")
+        self.store.delete_user(name)
 
     def create_token(self, user: str, *, expires_days: float | None = 30,
                      description: str = "") -> NewToken:

@@ -13,8 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kasou.api.app import create_app
+from kasou.errors import Conflict
 from kasou.paths import Layout
 from kasou.service.platform import Platform, Settings, build_platform
+from kasou.store.desktop import DesktopStore
 from kasou.tenancy.models import ProjectSpec, Quota, Role, UserSpec
 
 MiB = 1 << 20
@@ -151,3 +153,28 @@ def test_a_create_that_fails_part_way_is_undone(api: Api) -> None:
     r = api.as_("owner", "POST", "/desktop-pools", json={"name": "lab", "template": "base",
                                                           "size": 1})
     assert r.status_code == 201, r.text
+
+
+def test_pools_and_held_desktops_block_deleting_their_project_and_user(api: Api) -> None:
+    api.platform.tenancy.create_project(ProjectSpec(name="q"))
+    r = api.as_("owner", "POST", "/desktop-pools?project=q",
+                json={"name": "empty", "template": "base", "size": 0})
+    assert r.status_code == 403          # owner of p only
+    api.platform.tenancy.add_member("q", "owner", Role.OWNER)
+    r = api.as_("owner", "POST", "/desktop-pools?project=q",
+                json={"name": "empty", "template": "base", "size": 0})
+    assert r.status_code == 201, r.text
+    with pytest.raises(Conflict, match="still holds 1 resources"):
+        api.platform.tenancy.delete_project("q")
+
+    api.as_("owner", "POST", "/desktop-pools", json={"name": "lab", "template": "base",
+                                                      "size": 1})
+    # Assigning boots QEMU (the integration tests do it); here the assignment is written
+    # straight into the store, as assign does once the desktop is picked.
+    store = DesktopStore(api.platform.store)
+    pool = store.pool("lab", "p")
+    store.assign(pool.id, 1, "alice", "2026-11-26T00:00:00Z")
+    with pytest.raises(Conflict, match=r"'alice' still holds desktop lab-1 of pool lab"):
+        api.platform.tenancy.delete_user("alice")
+    assert [d["vm"] for d in api.as_("alice", "GET", "/desktops").json()] == ["lab-1"]
+    api.platform.tenancy.delete_user("member")       # holds nothing: deleted

@@ -98,8 +98,7 @@ def router(ten: TenancyService, vms: VMService) -> APIRouter:
     @r.delete("/users/{name}", status_code=204)
     def delete_user(name: NameParam, who: Principal = WHO) -> Response:
         authorize(who, Verb.ADMIN, None)
-        ten.store.get_user(name)
-        ten.store.delete_user(name)
+        ten.delete_user(name)
         return Response(status_code=204)
 
     @r.post("/users/{name}/tokens", status_code=201)
