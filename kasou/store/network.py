@@ -7,14 +7,14 @@ name per host, one MAC per host, one address per network, one name per project.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from pydantic import BaseModel
 
-from kasou.errors import Conflict, NotFound
+from kasou.errors import NotFound
 from kasou.store.base import DEFAULT_PROJECT, batch_memo
-from kasou.store.sqlite import SQLiteStore, rows_of_vm
+from kasou.store.sqlite import rows_of_vm
+from kasou.store.tables import Tables
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS networks (
@@ -86,24 +86,8 @@ class RuleRow(BaseModel):
     priority: int
 
 
-class NetworkStore:
-    def __init__(self, store: SQLiteStore) -> None:
-        self._db = store._db
-        self._lock = store._lock
-        with self._lock:
-            self._db.executescript(_SCHEMA)
-
-    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            rows: list[sqlite3.Row] = self._db.execute(sql, args).fetchall()
-            return rows
-
-    def _exec(self, sql: str, args: tuple[Any, ...], conflict: str) -> None:
-        try:
-            with self._lock:
-                self._db.execute(sql, args)
-        except sqlite3.IntegrityError:
-            raise Conflict(conflict) from None
+class NetworkStore(Tables):
+    SCHEMA = _SCHEMA
 
     # -- networks -------------------------------------------------------------------------
     def add_network(self, row: NetworkRow) -> None:

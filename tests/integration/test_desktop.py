@@ -89,6 +89,12 @@ def type_slowly(page: Any, line: str) -> None:
     page.keyboard.press("Enter")
 
 
+def sign_in(page: Any, base: str, token: str) -> None:
+    page.goto(base + "/")
+    page.fill("#token", token)
+    page.click("#login-form button")
+
+
 def status_is(page: Any, *texts: str) -> None:
     page.wait_for_function(
         f"{list(texts)!r}.includes(document.getElementById('console-status').textContent)",
@@ -114,9 +120,7 @@ def test_dashboard_start_console_type_and_see_the_screen(desktop: tuple[Kasou, s
     with chromium(tmp_path / "profile") as ctx:
         page = ctx.new_page()
         try:
-            page.goto(base + "/")
-            page.fill("#token", token)
-            page.click("#login-form button")
+            sign_in(page, base, token)
             row = page.locator("tr[data-vm=desk]")
             row.get_by_role("button", name="start").click()
             row.get_by_role("button", name="console").wait_for(timeout=60_000)
@@ -190,9 +194,7 @@ def test_a_desktop_user_opens_their_pool_desktop_in_the_browser(
     with chromium(tmp_path / "profile") as ctx:
         page = ctx.new_page()
         try:
-            page.goto(base + "/")
-            page.fill("#token", alice)
-            page.click("#login-form button")
+            sign_in(page, base, alice)
             row = page.locator("tr[data-desktop='default/lab']")
             row.get_by_role("button", name="open").click()
             status_is(page, "connected")
